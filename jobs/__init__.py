@@ -1,0 +1,6 @@
+"""The job functions the service may run, one module a domain.
+
+A job is a public function defined in a module of this package; its name is
+`<module>.<function>` (`demo.add`). Every function here stays a plain function,
+callable without RQ, and nothing here imports the web service.
+"""

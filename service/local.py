@@ -1,0 +1,50 @@
+"""`make run`: the whole service on one machine.
+
+Starts an embedded Redis (data under ./var/redis) unless REDIS_URL is set, then
+every process of the Procfile with honcho. Ctrl-C stops them all, Redis last.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .embedded_redis import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    env = dict(os.environ)
+    port = env.setdefault("PORT", "5000")
+    # On a laptop the API is for this machine only.
+    env.setdefault("GUNICORN_CMD_ARGS", f"--bind 127.0.0.1:{port}")
+    redis = None
+    if not env.get("REDIS_URL"):
+        redis = EmbeddedRedis(ROOT / "var" / "redis")
+        env["REDIS_URL"] = redis.start()
+        print(f"Embedded Redis at {env['REDIS_URL']} (data in var/redis)", flush=True)
+    base = f"http://127.0.0.1:{port}"
+    print(f"API        {base}/jobs   (docs {base}/docs)", flush=True)
+    print(f"Dashboard  {base}/rq", flush=True)
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", port],
+        env=env,
+    )
+    try:
+        while True:
+            try:
+                return honcho.wait()
+            except KeyboardInterrupt:
+                # The terminal sent SIGINT to honcho too; let it stop its processes.
+                honcho.send_signal(signal.SIGINT)
+    finally:
+        if redis is not None:
+            redis.stop()
+            print("Embedded Redis stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

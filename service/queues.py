@@ -1,0 +1,68 @@
+"""RQ as this service uses it: JSON job records and allow-listed functions only.
+
+Every process (web, worker, scheduler, dashboard) builds its jobs and queues
+from here, so no code path of ours or of rq-scheduler falls back to pickle.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from redis import Redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+
+from .registry import JobRegistry
+
+
+class ForbiddenJob(RuntimeError):
+    """A job record names a function outside the allow-list."""
+
+
+@lru_cache(maxsize=1)
+def job_registry() -> JobRegistry:
+    """The allow-list of this process, built once from the `jobs` package."""
+    return JobRegistry.from_package("jobs")
+
+
+class ServiceJob(Job):
+    """An RQ job that is JSON by default and runs only allow-listed functions.
+
+    rq-scheduler creates and fetches jobs through `job_class` without passing a
+    serializer, so the default has to live in the class itself.
+    """
+
+    def __init__(self, id=None, connection=None, serializer=None):
+        super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)
+
+    @property
+    def func(self):
+        # A record written straight into Redis may name any importable callable
+        # (`os.system`); the worker resolves it only through the allow-list.
+        if self.instance is not None:
+            raise ForbiddenJob("job records may not carry an instance")
+        spec = job_registry().by_path(self.func_name)
+        if spec is None:
+            raise ForbiddenJob(f"{self.func_name!r} is not an allow-listed job")
+        return spec.func
+
+
+class ServiceQueue(Queue):
+    """A queue of ServiceJob records, serialized as JSON."""
+
+    job_class = ServiceJob
+
+    def __init__(self, name="default", connection: Redis | None = None, **kwargs):
+        # rq passes serializer=None and job_class=None explicitly in places.
+        kwargs["serializer"] = kwargs.get("serializer") or JSONSerializer
+        kwargs["job_class"] = kwargs.get("job_class") or ServiceJob
+        super().__init__(name, connection=connection, **kwargs)
+
+
+def queue(name: str, connection: Redis) -> ServiceQueue:
+    return ServiceQueue(name, connection=connection)
+
+
+def fetch_job(job_id: str, connection: Redis) -> ServiceJob:
+    """The job with this id; rq.exceptions.NoSuchJobError when it does not exist."""
+    return ServiceJob.fetch(job_id, connection=connection)

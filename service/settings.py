@@ -1,0 +1,87 @@
+"""All configuration, read once from environment variables (12-factor).
+
+Every knob has a typed default that suits a laptop; Heroku-style platforms set
+`REDIS_URL`, `PORT` and `WEB_CONCURRENCY` themselves.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _env_list(name: str, default: str) -> tuple[str, ...]:
+    raw = os.environ.get(name, default)
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Redis to use; `rediss://` for TLS. Local runs set it to the embedded server.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Verify the TLS certificate of a `rediss://` server. Heroku Redis uses
+    #: self-signed certificates, so verification is off unless asked for.
+    redis_tls_verify: bool = False
+    #: Queues a worker listens on, highest priority first.
+    queues: tuple[str, ...] = ("high", "default", "low")
+    #: Queue a job goes to when neither the request nor the job names one.
+    default_queue: str = "default"
+    #: Seconds a job may run before the worker kills it.
+    job_timeout: int = 180
+    #: Seconds a finished job's result is kept.
+    result_ttl: int = 24 * 3600
+    #: Seconds a failed job is kept (with its exception) for inspection.
+    failure_ttl: int = 7 * 24 * 3600
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 1024 * 1024
+    #: How often rq-scheduler looks for due jobs, in seconds.
+    scheduler_interval: float = 1.0
+    #: Time zone that cron expressions are read in unless a schedule names one.
+    schedule_timezone: str = "UTC"
+    #: TOML file of declared schedules; empty means `jobs/schedules.toml`.
+    schedules_file: str = ""
+    #: Port the web process listens on.
+    port: int = 5000
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            redis_url=os.environ.get("REDIS_URL") or cls.redis_url,
+            redis_tls_verify=_env_bool("REDIS_TLS_VERIFY", cls.redis_tls_verify),
+            queues=_env_list("RQ_QUEUES", ",".join(cls.queues)),
+            default_queue=os.environ.get("RQ_DEFAULT_QUEUE", cls.default_queue),
+            job_timeout=_env_int("JOB_TIMEOUT", cls.job_timeout),
+            result_ttl=_env_int("JOB_RESULT_TTL", cls.result_ttl),
+            failure_ttl=_env_int("JOB_FAILURE_TTL", cls.failure_ttl),
+            max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            scheduler_interval=_env_float("SCHEDULER_INTERVAL", cls.scheduler_interval),
+            schedule_timezone=os.environ.get("SCHEDULE_TIMEZONE", cls.schedule_timezone),
+            schedules_file=os.environ.get("SCHEDULES_FILE", cls.schedules_file),
+            port=_env_int("PORT", cls.port),
+        )

@@ -1,0 +1,74 @@
+"""Fixtures: a real Redis server, the app, and a real RQ worker run in burst mode.
+
+With REDIS_URL set, tests use that server and flush its database before each
+test; otherwise they start their own Redis on loopback.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+
+import pytest
+from redis import Redis
+
+from service.embedded_redis import EmbeddedRedis
+from service.settings import Settings
+from worker import build_worker
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def connection(redis_url):
+    client = Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_url):
+    return replace(Settings.from_env(), redis_url=redis_url)
+
+
+@pytest.fixture
+def app(settings, connection):
+    from service import create_app
+
+    return create_app(settings, connection=connection)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def work(settings):
+    """Run a real RQ worker over the service's queues until they are empty."""
+
+    def run() -> None:
+        build_worker(settings).work(burst=True)
+
+    return run
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,135 @@
+import json
+import zlib
+
+import pytest
+
+
+def enqueue(client, body):
+    return client.post("/jobs", json=body)
+
+
+def test_enqueue_returns_202_with_location_and_the_job_runs(client, work):
+    response = enqueue(client, {"job": "demo.add", "args": [1, 2], "kwargs": {}})
+    assert response.status_code == 202
+    job_id = response.json["id"]
+    assert response.json["status"] == "queued"
+    assert response.headers["Location"] == f"/jobs/{job_id}"
+
+    work()
+
+    job = client.get(f"/jobs/{job_id}").json
+    assert job["status"] == "finished"
+    assert job["result"] == 3
+    assert job["job"] == "demo.add"
+    assert job["queue"] == "default"
+    for stamp in ("enqueued_at", "started_at", "ended_at"):
+        assert job[stamp].endswith("Z")
+    assert job["enqueued_at"] <= job["started_at"] <= job["ended_at"]
+
+
+def test_a_failed_job_shows_its_exception(client, work):
+    job_id = enqueue(client, {"job": "demo.fail", "kwargs": {"message": "disk full"}}).json["id"]
+    work()
+    job = client.get(f"/jobs/{job_id}").json
+    assert job["status"] == "failed"
+    assert job["error"] == {"type": "RuntimeError", "message": "disk full"}
+    assert "result" not in job or job["result"] is None
+
+
+def test_job_records_are_json_not_pickle(client, connection):
+    job_id = enqueue(client, {"job": "demo.add", "args": [1, 2]}).json["id"]
+    stored = zlib.decompress(connection.hget(f"rq:job:{job_id}", "data"))  # RQ compresses it
+    assert json.loads(stored)[0] == "jobs.demo.add"
+
+
+def test_the_job_goes_to_the_queue_it_names(client, connection):
+    enqueue(client, {"job": "demo.add", "args": [1, 2], "queue": "high"})
+    assert connection.llen("rq:queue:high") == 1
+    assert connection.llen("rq:queue:default") == 0
+
+
+def test_unknown_job_id_is_404_problem(client):
+    response = client.get("/jobs/does-not-exist")
+    assert response.status_code == 404
+    assert response.content_type == "application/problem+json"
+    assert "never existed" in response.json["detail"]
+
+
+@pytest.mark.parametrize("name", ["os.system", "demo.nope", "../x", "subprocess.run", "builtins.eval", "jobs.demo.add"])
+def test_job_names_outside_the_allow_list_are_refused_and_write_nothing(client, connection, name):
+    response = enqueue(client, {"job": name, "args": ["echo hacked"]})
+    assert response.status_code == 404
+    assert response.content_type == "application/problem+json"
+    assert name in response.json["detail"]
+    assert connection.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    "body, argument",
+    [
+        ({"job": "demo.add", "args": [1]}, "y"),
+        ({"job": "demo.add", "args": [1, 2], "kwargs": {"z": 1}}, "z"),
+        ({"job": "demo.add", "args": ["one", 2]}, "x"),
+        ({"job": "demo.sleep", "kwargs": {"seconds": [1]}}, "seconds"),
+    ],
+)
+def test_wrong_arguments_are_422_naming_the_argument(client, connection, body, argument):
+    response = enqueue(client, body)
+    assert response.status_code == 422
+    assert response.content_type == "application/problem+json"
+    assert [e["argument"] for e in response.json["errors"]] == [argument]
+    assert connection.dbsize() == 0
+
+
+def test_unknown_queue_is_422(client, connection):
+    response = enqueue(client, {"job": "demo.add", "args": [1, 2], "queue": "urgent"})
+    assert response.status_code == 422
+    assert "urgent" in response.json["detail"]
+    assert connection.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"args": [1, 2]}, {"job": 5}, {"job": "demo.add", "args": {"x": 1}}, {"job": "demo.add", "surprise": 1}, []],
+)
+def test_malformed_request_bodies_are_422(client, connection, body):
+    response = enqueue(client, body)
+    assert response.status_code == 422
+    assert response.content_type == "application/problem+json"
+    assert response.json["errors"]
+    assert connection.dbsize() == 0
+
+
+def test_malformed_json_is_400(client, connection):
+    response = client.post("/jobs", data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.content_type == "application/problem+json"
+    assert connection.dbsize() == 0
+
+
+def test_a_body_that_is_not_json_is_415(client, connection):
+    response = client.post("/jobs", data="job=demo.add", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+    assert response.content_type == "application/problem+json"
+    assert connection.dbsize() == 0
+
+
+def test_an_oversized_body_is_413(client, connection, settings):
+    padding = "x" * (settings.max_body_bytes + 1)
+    response = enqueue(client, {"job": "demo.fail", "kwargs": {"message": padding}})
+    assert response.status_code == 413
+    assert response.content_type == "application/problem+json"
+    assert connection.dbsize() == 0
+
+
+def test_queues_show_their_depth(client):
+    for _ in range(3):
+        enqueue(client, {"job": "demo.add", "args": [1, 2], "queue": "low"})
+    queues = {q["name"]: q["depth"] for q in client.get("/queues").json["queues"]}
+    assert queues == {"high": 0, "default": 0, "low": 3}
+
+
+def test_health(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}

@@ -1,66 +1,22 @@
 """The real Procfile processes (gunicorn, worker.py, scheduler.py) under honcho."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import requests
 
-from service.embedded_redis import free_port
+from tests import processes
 from tests.conftest import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def procfile(redis_url, connection, tmp_path):
-    """Start every Procfile process against the test Redis; yield the API's base URL."""
     schedules = tmp_path / "schedules.toml"
     # Seven fields: seconds first, so the test sees a tick within seconds.
     schedules.write_text(
         '[[schedule]]\nname = "e2e-tick"\njob = "demo.add"\nargs = [20, 22]\ncron = "* * * * * * *"\n'
     )
-    port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "PORT": str(port),
-        "SCHEDULES_FILE": str(schedules),
-        "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} --workers 2",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    log = (tmp_path / "honcho.log").open("wb")
-    honcho = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return requests.get(f"{base}/health", timeout=1).ok
-        except requests.ConnectionError:
-            assert honcho.poll() is None, (tmp_path / "honcho.log").read_text()
-            return False
-
-    try:
-        wait_for(up, timeout=30, what="gunicorn to answer /health")
+    with processes.procfile(redis_url, tmp_path, SCHEDULES_FILE=str(schedules)) as base:
         yield base
-    finally:
-        honcho.send_signal(signal.SIGTERM)
-        try:
-            honcho.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(honcho.pid, signal.SIGKILL)
-            honcho.wait()
-        log.close()
 
 
 def test_a_job_posted_over_http_runs_on_the_real_worker(procfile):

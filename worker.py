@@ -5,18 +5,18 @@ RQ's own scheduler for jobs enqueued with a delay or a time.
 """
 from __future__ import annotations
 
-from rq import Worker
 from rq.serializers import JSONSerializer
 
 from service.connection import connect
 from service.queues import ServiceJob, ServiceQueue, job_registry
 from service.settings import Settings
+from service.workers import ServiceWorker
 
 
-def build_worker(settings: Settings, **options) -> Worker:
+def build_worker(settings: Settings, **options) -> ServiceWorker:
     connection = connect(settings)
     queues = [ServiceQueue(name, connection=connection) for name in settings.queues]
-    return Worker(
+    return ServiceWorker(
         queues,
         connection=connection,
         job_class=ServiceJob,

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import time
 
+from rq import get_current_job
+
+from jobs import progress
+
 
 def add(x: int | float, y: int | float) -> int | float:
     """Return x + y."""
@@ -19,6 +23,27 @@ def sleep(seconds: float) -> float:
 def fail(message: str = "this job always fails") -> None:
     """Raise RuntimeError(message), to see what a failed job looks like."""
     raise RuntimeError(message)
+
+
+def flaky(fail_times: int = 1) -> int:
+    """Fail the first `fail_times` attempts, then return the number of the attempt that worked."""
+    job = get_current_job()
+    attempt = 1
+    if job is not None:
+        attempt = int(job.meta.get("attempt", 0)) + 1
+        job.meta["attempt"] = attempt
+        job.save_meta()
+    if attempt <= fail_times:
+        raise RuntimeError(f"attempt {attempt} of {fail_times + 1} fails on purpose")
+    return attempt
+
+
+def steps(count: int = 5, pause: float = 0.0) -> int:
+    """Take `count` steps of `pause` seconds, reporting progress after each."""
+    for step in range(1, count + 1):
+        time.sleep(pause)
+        progress(step, count, f"step {step} of {count}")
+    return count
 
 
 def tick() -> str:

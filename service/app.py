@@ -6,7 +6,7 @@ from flask import request
 from redis import Redis
 from werkzeug.exceptions import BadRequest
 
-from . import dashboard, problems
+from . import cli, dashboard, problems
 from .api import health, jobs, queues
 from .connection import connect
 from .queues import job_registry
@@ -56,4 +56,5 @@ def create_app(
     app.register_blueprint(jobs.bp)
     app.register_blueprint(queues.bp)
     dashboard.mount(app, settings)
+    app.cli.add_command(cli.jobs)
     return app

@@ -1,36 +1,116 @@
 """The one path from a request to an RQ job.
 
-HTTP, the command line and declared schedules all go through `prepare`, so the
-allow-list check, argument validation and job options exist once.
+HTTP, the command line and declared schedules all go through `prepare` and
+`enqueue`, so the allow-list check, argument validation and job options exist once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import hashlib
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any
 
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from redis import Redis
+from rq.job import Retry
 
-from .queues import ServiceJob, queue
+from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
+
+from . import job_index
+from .queues import ServiceJob, ServiceQueue
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
 
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,100}$")]
+Seconds = Annotated[int, Field(ge=0, le=86400)]
+
 
 class InvalidRequest(ValueError):
-    """The request names something that does not exist (say, a queue)."""
+    """The request names something that does not exist or cannot be combined."""
 
     def __init__(self, field: str, problem: str):
         self.field, self.problem = field, problem
         super().__init__(f"{field}: {problem}")
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """What a client asks for: which job, with what arguments, where."""
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with another body, or is still being used."""
 
-    job: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    queue: str | None = None
+
+class ExponentialBackoff(BaseModel):
+    """Wait `base`, then `base*factor`, `base*factor²`… seconds, never more than `cap`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: float = Field(4, gt=0, le=86400, description="First delay, seconds.")
+    factor: float = Field(4, ge=1, le=100)
+    cap: float = Field(3600, gt=0, le=86400, description="Longest delay, seconds.")
+    jitter: bool = Field(True, description="Spread each delay randomly over [delay/2, delay].")
+
+    def delays(self, count: int, rng: random.Random) -> list[int]:
+        delays = []
+        for attempt in range(count):
+            delay = min(self.cap, self.base * self.factor**attempt)
+            if self.jitter:
+                delay = rng.uniform(delay / 2, delay)
+            delays.append(max(1, round(delay)))
+        return delays
+
+
+class RetryPolicy(BaseModel):
+    """How often a failing job is tried again, and how long to wait between tries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max: int = Field(3, ge=0, le=25, description="Retries after the first attempt.")
+    backoff: list[Seconds] | ExponentialBackoff = Field(
+        default_factory=lambda: [4, 16, 64],
+        description="Seconds before each retry (the last repeats), or an exponential policy.",
+    )
+
+    def to_rq(self, rng: random.Random | None = None) -> Retry | None:
+        if self.max == 0:
+            return None
+        if isinstance(self.backoff, ExponentialBackoff):
+            intervals = self.backoff.delays(self.max, rng or random.Random())
+        else:
+            intervals = list(self.backoff) or [0]
+        return Retry(max=self.max, interval=intervals)
+
+
+class JobRequest(BaseModel):
+    """What a client asks for: which job, with what arguments, where and when."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(max_length=200, description="An allow-listed job, `<module>.<function>`.", examples=["demo.add"])
+    args: list[Any] = Field(default_factory=list, description="Positional arguments.", examples=[[1, 2]])
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
+    queue: str | None = Field(None, description="`high`, `default` or `low`; else the job's own or `default`.")
+    delay: float | None = Field(None, ge=0, le=366 * 86400, description="Run no sooner than this many seconds from now.")
+    at: AwareDatetime | None = Field(None, description="Run no sooner than this time (ISO 8601 with a zone).")
+    retry: RetryPolicy | None = Field(None, description="Default: the job's own, else 3 retries after 4, 16, 64 s.")
+    timeout: int | None = Field(None, ge=1, le=7 * 86400, description="Seconds the job may run.")
+    result_ttl: int | None = Field(None, ge=0, le=30 * 86400, description="Seconds the result is kept.")
+    ttl: int | None = Field(None, ge=1, le=30 * 86400, description="Seconds the job may wait before it is dropped.")
+    depends_on: list[JobId] = Field(default_factory=list, max_length=50, description="Run after these jobs finish.")
+    description: str | None = Field(None, max_length=500)
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> "JobRequest":
+        if self.delay is not None and self.at is not None:
+            raise ValueError("give `delay` or `at`, not both")
+        if self.depends_on and (self.delay is not None or self.at is not None):
+            raise ValueError("`depends_on` cannot be combined with `delay` or `at`")
+        return self
+
+    def fingerprint(self) -> str:
+        """Equal for equal requests, whatever the order of their keys."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -41,30 +121,99 @@ class PreparedJob:
     queue: str
     args: list[Any]
     kwargs: dict[str, Any]
-    #: Keyword arguments of RQ's `enqueue_call` (timeout, TTLs, ...).
+    #: When to run it, or None for now.
+    at: datetime | None
+    #: Keyword arguments of RQ's `create_job` (timeout, TTLs, retry, ...).
     options: dict[str, Any]
 
 
-def prepare(request: JobRequest, *, registry: JobRegistry, settings: Settings) -> PreparedJob:
+def prepare(
+    request: JobRequest, *, registry: JobRegistry, settings: Settings, now: datetime | None = None
+) -> PreparedJob:
     """Validate `request` against the allow-list, the signature and the queues.
 
-    Raises UnknownJob, InvalidArguments or InvalidRequest; touches no Redis.
+    Raises UnknownJob, InvalidArguments or InvalidRequest; writes nothing.
     """
     spec = registry.get(request.job)
     args, kwargs = spec.validate(list(request.args), dict(request.kwargs))
-    queue_name = request.queue or settings.default_queue
+    own = getattr(spec.func, DEFAULTS_ATTRIBUTE, {})
+    queue_name = request.queue or own.get("queue") or settings.default_queue
     if queue_name not in settings.queues:
         raise InvalidRequest("queue", f"unknown queue {queue_name!r}; one of {', '.join(settings.queues)}")
+    retry = request.retry or (RetryPolicy.model_validate(own["retry"]) if "retry" in own else RetryPolicy())
+    at = request.at
+    if request.delay is not None:
+        at = (now or datetime.now(timezone.utc)) + timedelta(seconds=request.delay)
     options = {
-        "timeout": settings.job_timeout,
-        "result_ttl": settings.result_ttl,
+        "timeout": request.timeout or own.get("timeout") or settings.job_timeout,
+        "result_ttl": _first(request.result_ttl, own.get("result_ttl"), settings.result_ttl),
         "failure_ttl": settings.failure_ttl,
+        "ttl": request.ttl,
+        "retry": retry.to_rq(),
+        "depends_on": list(request.depends_on) or None,
+        "description": request.description,
     }
-    return PreparedJob(spec=spec, queue=queue_name, args=args, kwargs=kwargs, options=options)
+    return PreparedJob(spec=spec, queue=queue_name, args=args, kwargs=kwargs, at=at, options=options)
 
 
-def enqueue(prepared: PreparedJob, connection: Redis) -> ServiceJob:
-    """Write the prepared job to its queue."""
-    return queue(prepared.queue, connection).enqueue_call(
-        prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, **prepared.options
+def _first(*values: Any) -> Any:
+    return next(value for value in values if value is not None)
+
+
+def enqueue(prepared: PreparedJob, connection: Redis, job_id: str | None = None) -> ServiceJob:
+    """Write the prepared job to its queue (or to the schedule, when it has a time)."""
+    dependencies = prepared.options["depends_on"] or []
+    missing = [dep for dep in dependencies if not ServiceJob.exists(dep, connection)]
+    if missing:
+        raise InvalidRequest("depends_on", f"no job {', '.join(map(repr, missing))}")
+    queue = ServiceQueue(prepared.queue, connection=connection)
+    job = queue.create_job(
+        prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
     )
+    if dependencies:
+        # RQ watches the dependencies in a transaction of its own and parks the
+        # job as `deferred` while any is unfinished.
+        job = queue.enqueue_job(job)
+        job_index.add(connection, job)
+        return job
+    # One transaction: the job, its place in the queue and in the index.
+    with connection.pipeline() as pipe:
+        if prepared.at is not None:
+            queue.schedule_job(job, prepared.at, pipeline=pipe)
+        else:
+            queue.enqueue_job(job, pipeline=pipe)
+        job_index.add(pipe, job)
+        pipe.execute()
+    return job
+
+
+IDEMPOTENCY_PREFIX = "jobservice:idempotency:"
+IDEMPOTENCY_TTL = 24 * 3600
+
+
+def enqueue_once(
+    request: JobRequest, prepared: PreparedJob, connection: Redis, key: str
+) -> tuple[ServiceJob, bool]:
+    """Enqueue unless `key` was used in the last 24 h; returns (job, created).
+
+    The key is claimed atomically before the job is written, so two concurrent
+    requests with one key enqueue one job. Raises IdempotencyConflict when the
+    key came with another body, or its first request has not finished enqueuing.
+    """
+    redis_key = IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+    job_id = str(uuid.uuid4())
+    fingerprint = request.fingerprint()
+    if connection.set(redis_key, f"{job_id} {fingerprint}", nx=True, ex=IDEMPOTENCY_TTL):
+        try:
+            return enqueue(prepared, connection, job_id=job_id), True
+        except BaseException:
+            connection.delete(redis_key)
+            raise
+    claimed = (connection.get(redis_key) or b"").decode()
+    first_id, _, first_fingerprint = claimed.partition(" ")
+    if first_fingerprint != fingerprint:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different request body")
+    try:
+        return ServiceJob.fetch(first_id, connection=connection), False
+    except Exception:
+        raise IdempotencyConflict("the first request with this Idempotency-Key is still being processed") from None

@@ -71,7 +71,7 @@ def register(scheduler: Scheduler, schedules: list[Schedule], *, registry: JobRe
     """
     prepared = {
         schedule.job_id: (schedule, enqueuing.prepare(
-            enqueuing.JobRequest(schedule.job, schedule.args, schedule.kwargs, schedule.queue),
+            enqueuing.JobRequest(job=schedule.job, args=schedule.args, kwargs=schedule.kwargs, queue=schedule.queue),
             registry=registry,
             settings=settings,
         ))

@@ -28,11 +28,12 @@ def test_enqueue_returns_202_with_location_and_the_job_runs(client, work):
 
 
 def test_a_failed_job_shows_its_exception(client, work):
-    job_id = enqueue(client, {"job": "demo.fail", "kwargs": {"message": "disk full"}}).json["id"]
+    job_id = enqueue(client, {"job": "demo.fail", "kwargs": {"message": "disk full"}, "retry": {"max": 0}}).json["id"]
     work()
     job = client.get(f"/jobs/{job_id}").json
     assert job["status"] == "failed"
-    assert job["error"] == {"type": "RuntimeError", "message": "disk full"}
+    assert (job["error"]["type"], job["error"]["message"]) == ("RuntimeError", "disk full")
+    assert 'raise RuntimeError(message)' in job["error"]["traceback"]
     assert "result" not in job or job["result"] is None
 
 

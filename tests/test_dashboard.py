@@ -23,7 +23,7 @@ def test_dashboard_reads_a_finished_json_job(client, work):
 
 
 def test_dashboard_lists_failed_jobs_with_their_error(client, work):
-    job_id = client.post("/jobs", json={"job": "demo.fail", "kwargs": {"message": "boom"}}).json["id"]
+    job_id = client.post("/jobs", json={"job": "demo.fail", "kwargs": {"message": "boom"}, "retry": {"max": 0}}).json["id"]
     work()
     listing = client.get("/rq/0/data/jobs/default/failed/10/asc/1.json").json
     assert [job["id"] for job in listing["jobs"]] == [job_id]

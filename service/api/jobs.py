@@ -1,107 +1,204 @@
-"""Enqueue a job and follow it."""
+"""Enqueue jobs, follow them (JSON, long poll, Server-Sent Events) and act on them."""
 from __future__ import annotations
 
-from typing import Any
+import inspect
+import json
+import time
+from typing import Literal
 
 from apiflask import APIBlueprint
-from flask import url_for
+from flask import Response, request, stream_with_context, url_for
 from pydantic import BaseModel, ConfigDict, Field
 from rq.exceptions import NoSuchJobError
 
 from .. import enqueue as enqueuing
+from .. import job_actions
+from ..events import TERMINAL, Subscription
+from ..job_view import describe
 from ..problems import problem
 from ..queues import ServiceJob, fetch_job
 from ..registry import InvalidArguments, UnknownJob
-from ..times import iso
 from . import service
+from .schemas import CancelOut, JobOut, JobPage, JobTypes
 
 bp = APIBlueprint("jobs", __name__)
 
+#: Seconds between keep-alive comments on an event stream.
+KEEPALIVE = 15.0
 
-class EnqueueBody(BaseModel):
+
+class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job: str = Field(description="Name of an allow-listed job, `<module>.<function>`.", examples=["demo.add"])
-    args: list[Any] = Field(default_factory=list, description="Positional arguments.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
-    queue: str | None = Field(default=None, description="Queue to put the job on.")
+    status: Literal[job_actions.STATUSES] | None = None  # type: ignore[valid-type]
+    queue: str | None = Field(None, max_length=100)
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=200)
 
 
-class JobError(BaseModel):
-    type: str
-    message: str
+class WaitQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-
-class JobOut(BaseModel):
-    id: str
-    job: str
-    status: str
-    queue: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    result: Any = None
-    error: JobError | None = None
-    created_at: str | None = None
-    enqueued_at: str | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
+    wait: float = Field(0, ge=0, le=60, description="Seconds to wait for the job to end before answering.")
 
 
 @bp.post("/jobs")
-@bp.input(EnqueueBody, location="json", arg_name="body")
-@bp.output(JobOut, status_code=202, description="Accepted: the job is queued")
-@bp.doc(summary="Enqueue a job", responses={404: "Unknown job name", 422: "Invalid arguments"})
-def create_job(body: EnqueueBody):
-    request = enqueuing.JobRequest(job=body.job, args=body.args, kwargs=body.kwargs, queue=body.queue)
+@bp.input(enqueuing.JobRequest, location="json", arg_name="body")
+@bp.output(JobOut, status_code=202, description="Accepted: the job is queued, scheduled or deferred")
+@bp.doc(
+    summary="Enqueue a job",
+    responses={
+        200: "The job an earlier request with the same Idempotency-Key created",
+        404: "Unknown job name",
+        409: "Idempotency-Key reused with another body",
+        422: "Invalid arguments or options",
+    },
+)
+def create_job(body: enqueuing.JobRequest):
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise problem(400, "Idempotency-Key must be 1 to 200 characters.")
     try:
-        prepared = enqueuing.prepare(request, registry=service("registry"), settings=service("settings"))
+        prepared = enqueuing.prepare(body, registry=service("registry"), settings=service("settings"))
+        if key is None:
+            job, created = enqueuing.enqueue(prepared, service("redis")), True
+        else:
+            job, created = enqueuing.enqueue_once(body, prepared, service("redis"), key)
     except UnknownJob:
         raise problem(404, f"There is no job called {body.job!r}; GET /jobs/registry lists them.") from None
     except InvalidArguments as error:
         raise problem(422, f"Invalid arguments for {body.job}: {error}", errors=error.problems) from None
     except enqueuing.InvalidRequest as error:
         raise problem(422, str(error), errors=[{"field": error.field, "problem": error.problem}]) from None
-    job = enqueuing.enqueue(prepared, service("redis"))
-    return describe(job), 202, {"Location": url_for(".get_job", job_id=job.id)}
+    except enqueuing.IdempotencyConflict as error:
+        raise problem(409, str(error)) from None
+    location = {"Location": url_for(".get_job", job_id=job.id)}
+    return describe(job, service("registry")), (202 if created else 200), location
+
+
+@bp.get("/jobs")
+@bp.input(ListQuery, location="query", arg_name="query")
+@bp.output(JobPage)
+@bp.doc(summary="List jobs, newest first")
+def list_jobs(query: ListQuery):
+    if query.queue is not None and query.queue not in service("settings").queues:
+        raise problem(422, f"Unknown queue {query.queue!r}.", errors=[{"field": "queue", "problem": "unknown queue"}])
+    try:
+        jobs, cursor = job_actions.listing(
+            service("redis"), status=query.status, queue=query.queue, limit=query.limit, cursor=query.cursor
+        )
+    except ValueError:
+        raise problem(422, "The cursor is not one this API returned.", errors=[{"field": "cursor", "problem": "invalid"}]) from None
+    registry = service("registry")
+    return {"jobs": [describe(job, registry, detail=False) for job in jobs], "next_cursor": cursor}
+
+
+@bp.get("/jobs/registry")
+@bp.output(JobTypes)
+@bp.doc(summary="The jobs that may be enqueued, with their parameters as JSON Schema")
+def job_types():
+    return {
+        "jobs": [
+            {"name": spec.name, "description": inspect.getdoc(spec.func), "parameters": spec.parameters_schema()}
+            for spec in service("registry")
+        ]
+    }
 
 
 @bp.get("/jobs/<job_id>")
+@bp.input(WaitQuery, location="query", arg_name="query")
 @bp.output(JobOut)
-@bp.doc(summary="A job's status, result or error", responses={404: "No such job"})
-def get_job(job_id: str):
+@bp.doc(summary="A job's status, progress, result or error", responses={404: "No such job, or it expired"})
+def get_job(job_id: str, query: WaitQuery):
+    if query.wait <= 0:
+        return describe(_job_or_404(job_id), service("registry"))
+    deadline = time.monotonic() + query.wait
+    # Subscribe before reading the job, so an end in between is not missed.
+    with Subscription(service("redis"), job_id) as subscription:
+        view = describe(_job_or_404(job_id), service("registry"))
+        while view["status"] not in TERMINAL:
+            event = subscription.next(deadline - time.monotonic())
+            if event is None:
+                break
+            if event.get("event") == "status":
+                view = describe(_job_or_404(job_id), service("registry"))
+        return view
+
+
+@bp.get("/jobs/<job_id>/events")
+@bp.doc(
+    summary="Follow a job: Server-Sent Events until it ends",
+    description="`status` events carry the whole job, `progress` events its progress report. "
+    "The stream closes once the job is finished, failed, stopped or canceled.",
+    responses={200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}, 404: "No such job"},
+)
+def job_events(job_id: str):
+    subscription = Subscription(service("redis"), job_id)
     try:
-        job = fetch_job(job_id, service("redis"))
+        job = _job_or_404(job_id)
+    except Exception:
+        subscription.close()
+        raise
+    registry = service("registry")
+    connection = service("redis")
+
+    def stream():
+        with subscription:
+            view = describe(job, registry)
+            yield _sse("status", view)
+            if view["status"] in TERMINAL:
+                return
+            for event in subscription.events(idle_timeout=KEEPALIVE):
+                if event is None:
+                    yield ": keep-alive\n\n"
+                elif event.get("event") == "progress":
+                    yield _sse("progress", event["progress"])
+                elif event.get("event") == "status":
+                    try:
+                        view = describe(fetch_job(job_id, connection), registry)
+                    except NoSuchJobError:
+                        return
+                    yield _sse("status", view)
+                    if view["status"] in TERMINAL:
+                        return
+
+    return Response(
+        stream_with_context(stream()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@bp.delete("/jobs/<job_id>")
+@bp.output(CancelOut)
+@bp.doc(summary="Cancel a waiting job, or stop a running one", responses={404: "No such job", 409: "Already ended"})
+def cancel_job(job_id: str):
+    job = _job_or_404(job_id)
+    try:
+        outcome = job_actions.cancel(job, service("redis"))
+    except job_actions.NotAllowed as error:
+        raise problem(409, str(error)) from None
+    return {"id": job.id, "status": outcome}
+
+
+@bp.post("/jobs/<job_id>/retry")
+@bp.output(JobOut, status_code=202)
+@bp.doc(summary="Requeue a failed or stopped job", responses={404: "No such job", 409: "Not failed or stopped"})
+def retry_job(job_id: str):
+    job = _job_or_404(job_id)
+    try:
+        job_actions.retry(job, service("redis"))
+    except job_actions.NotAllowed as error:
+        raise problem(409, str(error)) from None
+    return describe(fetch_job(job_id, service("redis")), service("registry")), 202
+
+
+def _job_or_404(job_id: str) -> ServiceJob:
+    try:
+        return fetch_job(job_id, service("redis"))
     except NoSuchJobError:
         raise problem(404, f"No job {job_id!r}: it never existed or its record has expired.") from None
-    return describe(job)
 
 
-def describe(job: ServiceJob) -> dict[str, Any]:
-    """A job as the API shows it."""
-    status = job.get_status(refresh=False)
-    spec = service("registry").by_path(job.func_name)
-    view: dict[str, Any] = {
-        "id": job.id,
-        "job": spec.name if spec else job.func_name,
-        "status": status.value if status else "unknown",
-        "queue": job.origin,
-        "args": list(job.args),
-        "kwargs": dict(job.kwargs),
-        "created_at": iso(job.created_at),
-        "enqueued_at": iso(job.enqueued_at),
-        "started_at": iso(job.started_at),
-        "ended_at": iso(job.ended_at),
-    }
-    if view["status"] == "finished":
-        view["result"] = job.return_value()
-    elif view["status"] == "failed":
-        view["error"] = _error_of(job)
-    return view
-
-
-def _error_of(job: ServiceJob) -> dict[str, str]:
-    result = job.latest_result()
-    text = (result.exc_string if result else None) or ""
-    last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
-    kind, _, message = last.partition(": ")
-    return {"type": kind or "Error", "message": message or last}
+def _sse(event: str, data) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"

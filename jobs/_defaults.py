@@ -1,0 +1,30 @@
+"""`@defaults(...)`: a job's own queue, retry policy, timeout and result TTL."""
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ATTRIBUTE = "__job_defaults__"
+
+
+def defaults(
+    *,
+    queue: str | None = None,
+    retry: dict[str, Any] | None = None,
+    timeout: int | None = None,
+    result_ttl: int | None = None,
+) -> Callable[[F], F]:
+    """Declare what a job gets when a request does not say otherwise.
+
+    The function is returned unchanged (only an attribute is set), so it stays
+    a plain function: `retry` takes the same shape as in POST /jobs, e.g.
+    `{"max": 5, "backoff": [1, 5, 30]}`.
+    """
+    declared = {k: v for k, v in dict(queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl).items() if v is not None}
+
+    def mark(func: F) -> F:
+        setattr(func, ATTRIBUTE, declared)
+        return func
+
+    return mark

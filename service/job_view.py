@@ -1,0 +1,104 @@
+"""A job as the API and the command line show it."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from rq.exceptions import DeserializationError
+from rq.registry import ScheduledJobRegistry
+from rq.results import Result
+
+from .queues import ServiceJob
+from .registry import JobRegistry
+from .times import iso
+
+_RESULT_KINDS = {
+    Result.Type.SUCCESSFUL: "finished",
+    Result.Type.FAILED: "failed",
+    Result.Type.STOPPED: "stopped",
+    Result.Type.RETRIED: "retried",
+}
+
+
+def status_of(job: ServiceJob) -> str:
+    status = job.get_status(refresh=False)
+    return str(getattr(status, "value", status) or "unknown")
+
+
+def describe(job: ServiceJob, registry: JobRegistry, *, detail: bool = True) -> dict[str, Any]:
+    """The job's state; `detail` adds what costs more reads (history, traceback, position)."""
+    status = status_of(job)
+    try:
+        spec = registry.by_path(job.func_name)
+        name, args, kwargs = (spec.name if spec else job.func_name), list(job.args), dict(job.kwargs)
+    except DeserializationError:
+        # A record not written by this service (say, pickled): show it, never run it.
+        name, args, kwargs = "<unreadable>", [], {}
+    view: dict[str, Any] = {
+        "id": job.id,
+        "job": name,
+        "status": status,
+        "queue": job.origin,
+        "args": args,
+        "kwargs": kwargs,
+        "description": job.description,
+        "progress": job.meta.get("progress") if isinstance(job.meta, dict) else None,
+        "retries_left": job.retries_left,
+        "depends_on": list(job._dependency_ids),
+        "created_at": iso(job.created_at),
+        "enqueued_at": iso(job.enqueued_at),
+        "started_at": iso(job.started_at),
+        "ended_at": iso(job.ended_at),
+    }
+    if status == "finished":
+        view["result"] = job.return_value()
+    if not detail:
+        return view
+    history = [_attempt(result) for result in reversed(job.results())]
+    view["attempts"] = len(history) + (1 if status == "started" else 0)
+    view["history"] = history
+    failures = [attempt["error"] for attempt in history if attempt.get("error")]
+    if status in ("failed", "stopped") and failures:
+        view["error"] = failures[-1]
+    if status == "queued":
+        view["position"] = job.get_position()
+    if status == "scheduled":
+        view["scheduled_for"] = _scheduled_for(job)
+    return view
+
+
+def _attempt(result: Result) -> dict[str, Any]:
+    attempt: dict[str, Any] = {
+        "outcome": _RESULT_KINDS.get(Result.Type(result.type), "failed"),
+        "at": iso(result.created_at),
+    }
+    if result.exc_string:
+        attempt["error"] = parse_exception(result.exc_string)
+    return attempt
+
+
+def parse_exception(text: str) -> dict[str, str]:
+    """Exception type, message and traceback from RQ's formatted exception text."""
+    last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
+    kind, sep, message = last.partition(": ")
+    if not sep:
+        kind, message = last, ""
+    return {"type": kind or "Error", "message": message, "traceback": text}
+
+
+def _scheduled_for(job: ServiceJob) -> str | None:
+    try:
+        moment = ScheduledJobRegistry(job.origin, connection=job.connection).get_scheduled_time(job)
+    except Exception:  # no longer in the schedule: it is being enqueued right now
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return iso(moment)
+
+
+def age_seconds(moment: datetime | None, now: datetime) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (now - moment).total_seconds())

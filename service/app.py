@@ -13,8 +13,9 @@ from .queues import job_registry
 from .registry import JobRegistry
 from .settings import Settings
 
-#: Blueprints whose write requests must carry JSON.
+#: Blueprints whose write requests must carry JSON, and endpoints that need a body.
 _JSON_API = {"jobs"}
+_BODY_REQUIRED = {"jobs.create_job"}
 
 
 def create_app(
@@ -37,20 +38,22 @@ def create_app(
         "registry": registry or job_registry(),
     }
     app.error_processor(problems.render)
+    app.spec_processor(problems.document_errors)
 
     @app.before_request
     def require_json_body():
-        if (
-            request.blueprint in _JSON_API
-            and request.method in ("POST", "PUT", "PATCH")
-            and request.content_length
-        ):
-            if not request.is_json:
-                raise problems.problem(415, "Send the body as JSON (Content-Type: application/json).")
-            try:
-                request.get_json()
-            except BadRequest:
-                raise problems.problem(400, "The request body is not valid JSON.") from None
+        if request.blueprint not in _JSON_API or request.method not in ("POST", "PUT", "PATCH"):
+            return
+        if not request.content_length:
+            if request.endpoint in _BODY_REQUIRED:
+                raise problems.problem(400, "Send the request as a JSON body.")
+            return
+        if not request.is_json:
+            raise problems.problem(415, "Send the body as JSON (Content-Type: application/json).")
+        try:
+            request.get_json()
+        except BadRequest:
+            raise problems.problem(400, "The request body is not valid JSON.") from None
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)

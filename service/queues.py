@@ -8,7 +8,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from redis import Redis
-from rq.job import Job
+from rq.exceptions import NoSuchJobError
+from rq.job import JOB_ID_PATTERN, Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
@@ -65,4 +66,8 @@ def queue(name: str, connection: Redis) -> ServiceQueue:
 
 def fetch_job(job_id: str, connection: Redis) -> ServiceJob:
     """The job with this id; rq.exceptions.NoSuchJobError when it does not exist."""
+    # An id RQ could never have made (`;`, `:`) names no job; RQ itself would
+    # raise ValueError for some and read a different key for others.
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise NoSuchJobError(job_id)
     return ServiceJob.fetch(job_id, connection=connection)

@@ -6,6 +6,7 @@ test; otherwise they start their own Redis on loopback.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import replace
 
@@ -72,3 +73,18 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def worker_process(redis_url, tmp_path):
+    """A real `python worker.py` process against the test Redis, for tests that need
+    a job to run while they watch it."""
+    from tests import processes
+
+    with processes.running(
+        [sys.executable, "worker.py"], processes.process_env(redis_url), tmp_path / "worker.log"
+    ) as process:
+        client = Redis.from_url(redis_url)
+        wait_for(lambda: client.scard("rq:workers") > 0, what="the worker to register")
+        client.close()
+        yield process

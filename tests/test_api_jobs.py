@@ -49,8 +49,9 @@ def test_the_job_goes_to_the_queue_it_names(client, connection):
     assert connection.llen("rq:queue:default") == 0
 
 
-def test_unknown_job_id_is_404_problem(client):
-    response = client.get("/jobs/does-not-exist")
+@pytest.mark.parametrize("job_id", ["does-not-exist", "%3B", "a:b", "rq:job:x"])
+def test_unknown_job_id_is_404_problem(client, job_id):
+    response = client.get(f"/jobs/{job_id}")
     assert response.status_code == 404
     assert response.content_type == "application/problem+json"
     assert "never existed" in response.json["detail"]

@@ -31,9 +31,9 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal[job_actions.STATUSES] | None = None  # type: ignore[valid-type]
-    queue: str | None = Field(None, max_length=100)
+    queue: str | None = Field(None, max_length=100, description="Only jobs of this queue (none match an unknown one).")
     limit: int = Field(20, ge=1, le=100)
-    cursor: str | None = Field(None, max_length=200)
+    cursor: str | None = Field(None, max_length=200, pattern=r"^[0-9]{1,17}(\.[0-9]{1,17})?:[A-Za-z0-9_-]{1,100}$")
 
 
 class WaitQuery(BaseModel):
@@ -49,8 +49,11 @@ class WaitQuery(BaseModel):
     summary="Enqueue a job",
     responses={
         200: "The job an earlier request with the same Idempotency-Key created",
+        400: "No body, malformed JSON or a bad Idempotency-Key",
         404: "Unknown job name",
         409: "Idempotency-Key reused with another body",
+        413: "Body larger than MAX_BODY_BYTES",
+        415: "Body not JSON",
         422: "Invalid arguments or options",
     },
 )
@@ -81,8 +84,6 @@ def create_job(body: enqueuing.JobRequest):
 @bp.output(JobPage)
 @bp.doc(summary="List jobs, newest first")
 def list_jobs(query: ListQuery):
-    if query.queue is not None and query.queue not in service("settings").queues:
-        raise problem(422, f"Unknown queue {query.queue!r}.", errors=[{"field": "queue", "problem": "unknown queue"}])
     try:
         jobs, cursor = job_actions.listing(
             service("redis"), status=query.status, queue=query.queue, limit=query.limit, cursor=query.cursor

@@ -48,6 +48,32 @@ class ServiceJob(Job):
         return spec.func
 
 
+    # Callbacks are import paths in the record too; only the job authors' helper
+    # modules (`jobs._*`) may hold one, so a planted record cannot name `os.system`.
+    @property
+    def success_callback(self):
+        _check_callback(self._success_callback_name)
+        return super().success_callback
+
+    @property
+    def failure_callback(self):
+        _check_callback(self._failure_callback_name)
+        return super().failure_callback
+
+    @property
+    def stopped_callback(self):
+        _check_callback(self._stopped_callback_name)
+        return super().stopped_callback
+
+
+CALLBACK_MODULE_PREFIX = "jobs._"
+
+
+def _check_callback(name: str | None) -> None:
+    if name and not name.startswith(CALLBACK_MODULE_PREFIX):
+        raise ForbiddenJob(f"callback {name!r} is not in a jobs._* module")
+
+
 class ServiceQueue(Queue):
     """A queue of ServiceJob records, serialized as JSON."""
 

@@ -1,6 +1,7 @@
 """POST /jobs options: queue, retry and backoff, time, TTLs, dependencies, idempotency."""
 from datetime import datetime, timedelta, timezone
 
+from tests.conftest import stored_keys
 import pytest
 
 from service.queues import ServiceJob
@@ -94,7 +95,7 @@ def test_bad_options_are_422_and_write_nothing(client, connection, extra):
     response = post(client, {"job": "demo.add", "args": [1, 2], **extra})
     assert response.status_code == 422
     assert response.content_type == "application/problem+json"
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 def test_timeouts_and_ttls_are_stored_on_the_job(client, connection):
@@ -116,7 +117,7 @@ def test_an_unknown_dependency_is_422(client, connection):
     response = post(client, {"job": "demo.add", "args": [1, 2], "depends_on": ["nope"]})
     assert response.status_code == 422
     assert "nope" in response.json["detail"]
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 def test_a_job_declares_its_own_defaults(client, connection, tmp_path, monkeypatch):
@@ -160,4 +161,4 @@ def test_an_idempotency_key_with_another_body_is_409(client, connection):
 def test_an_overlong_idempotency_key_is_400(client, connection):
     response = post(client, {"job": "demo.add", "args": [1, 2]}, **{"Idempotency-Key": "k" * 201})
     assert response.status_code == 400
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []

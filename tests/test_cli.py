@@ -1,4 +1,5 @@
 """`flask jobs …`: the command line goes through the same enqueue path as HTTP."""
+from tests.conftest import stored_keys
 import json
 
 
@@ -28,7 +29,7 @@ def test_enqueue_refuses_what_http_refuses(app, connection):
         assert result.exit_code != 0
         assert message in result.output
     assert run(app, "enqueue", "demo.add", "--args", "not json").exit_code == 2
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 def test_retry_a_failed_job(app, client, work):

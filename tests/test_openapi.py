@@ -3,6 +3,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from tests.conftest import bearer
+
 
 def test_openapi_document_describes_the_api(client):
     spec = client.get("/openapi.json").json
@@ -13,7 +15,7 @@ def test_openapi_document_describes_the_api(client):
 
 
 def operations(app):
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app, headers=bearer())
     return [result.ok() for result in schema.get_all_operations()]
 
 
@@ -30,7 +32,7 @@ def test_every_response_matches_the_document(app):
         @given(case=operation.as_strategy())
         @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def conforms(case):
-            case.call_and_validate(excluded_checks=excluded)
+            case.call_and_validate(excluded_checks=excluded, headers=bearer())
 
         conforms()
         checked.append(operation.label)

@@ -16,6 +16,7 @@ from .. import job_actions
 from ..events import TERMINAL, Subscription
 from ..job_view import describe
 from ..problems import problem
+from ..auth import requires
 from ..queues import ServiceJob, fetch_job
 from ..registry import InvalidArguments, UnknownJob
 from . import service
@@ -43,6 +44,7 @@ class WaitQuery(BaseModel):
 
 
 @bp.post("/jobs")
+@requires("enqueue")
 @bp.input(enqueuing.JobRequest, location="json", arg_name="body")
 @bp.output(JobOut, status_code=202, description="Accepted: the job is queued, scheduled or deferred")
 @bp.doc(
@@ -52,6 +54,8 @@ class WaitQuery(BaseModel):
         400: "No body, malformed JSON or a bad Idempotency-Key",
         404: "Unknown job name",
         409: "Idempotency-Key reused with another body",
+        429: "Over a rate limit; see Retry-After",
+        503: "The queue is full; see Retry-After",
         413: "Body larger than MAX_BODY_BYTES",
         415: "Body not JSON",
         422: "Invalid arguments or options",
@@ -75,6 +79,8 @@ def create_job(body: enqueuing.JobRequest):
         raise problem(422, str(error), errors=[{"field": error.field, "problem": error.problem}]) from None
     except enqueuing.IdempotencyConflict as error:
         raise problem(409, str(error)) from None
+    except enqueuing.QueueFull as error:
+        raise problem(503, f"{error}; try again later.", headers={"Retry-After": "30"}) from None
     location = {"Location": url_for(".get_job", job_id=job.id)}
     return describe(job, service("registry")), (202 if created else 200), location
 

@@ -14,14 +14,21 @@ def defaults(
     retry: dict[str, Any] | None = None,
     timeout: int | None = None,
     result_ttl: int | None = None,
+    concurrency: Callable[[dict[str, Any]], tuple[str, int] | None] | None = None,
 ) -> Callable[[F], F]:
     """Declare what a job gets when a request does not say otherwise.
 
     The function is returned unchanged (only an attribute is set), so it stays
     a plain function: `retry` takes the same shape as in POST /jobs, e.g.
     `{"max": 5, "backoff": [1, 5, 30]}`.
+
+    `concurrency` limits how many jobs that share a key may be queued or running
+    at once, across all workers: it is called with the job's validated arguments
+    by name (defaults filled in) when the job is enqueued, and returns
+    `(key, limit)`, or None for no limit. Jobs over the limit wait as
+    `rate_limited` until a slot frees (RQ's concurrency limit).
     """
-    declared = {k: v for k, v in dict(queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl).items() if v is not None}
+    declared = {k: v for k, v in dict(queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl, concurrency=concurrency).items() if v is not None}
 
     def mark(func: F) -> F:
         setattr(func, ATTRIBUTE, declared)

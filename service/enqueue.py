@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from redis import Redis
 from rq.job import Retry
+from rq.rate_limit import RateLimit
 
 from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
 
@@ -153,7 +154,17 @@ def prepare(
         "depends_on": list(request.depends_on) or None,
         "description": request.description,
     }
+    if "concurrency" in own:
+        limit = own["concurrency"](_arguments_by_name(spec, args, kwargs))
+        if limit is not None:
+            options["rate_limit"] = RateLimit(*limit)
     return PreparedJob(spec=spec, queue=queue_name, args=args, kwargs=kwargs, at=at, options=options)
+
+
+def _arguments_by_name(spec: JobSpec, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = spec.signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _first(*values: Any) -> Any:
@@ -170,9 +181,10 @@ def enqueue(prepared: PreparedJob, connection: Redis, job_id: str | None = None)
     job = queue.create_job(
         prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
     )
-    if dependencies:
+    if dependencies or (job.has_rate_limit and prepared.at is None):
         # RQ watches the dependencies in a transaction of its own and parks the
-        # job as `deferred` while any is unfinished.
+        # job as `deferred` while any is unfinished; a rate-limited job takes a
+        # slot (or waits as `rate_limited`) in RQ's own script, outside a pipeline.
         job = queue.enqueue_job(job)
         job_index.add(connection, job)
         return job

@@ -20,7 +20,7 @@ from rq.rate_limit import RateLimit
 
 from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
 
-from . import job_index
+from . import job_index, webhooks
 from .queues import ServiceJob, ServiceQueue
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
@@ -99,6 +99,9 @@ class JobRequest(BaseModel):
     ttl: int | None = Field(None, ge=1, le=30 * 86400, description="Seconds the job may wait before it is dropped.")
     depends_on: list[JobId] = Field(default_factory=list, max_length=50, description="Run after these jobs finish.")
     description: str | None = Field(None, max_length=500)
+    webhook: webhooks.WebhookRequest | None = Field(
+        None, description="POST the job's outcome to this URL when it ends, signed (HMAC-SHA256) and retried."
+    )
 
     @model_validator(mode="after")
     def _one_start_time(self) -> "JobRequest":
@@ -126,6 +129,8 @@ class PreparedJob:
     at: datetime | None
     #: Keyword arguments of RQ's `create_job` (timeout, TTLs, retry, ...).
     options: dict[str, Any]
+    #: The completion webhook to keep beside the job (url, secret), if any.
+    webhook: dict[str, str] | None = None
 
 
 def prepare(
@@ -158,7 +163,13 @@ def prepare(
         limit = own["concurrency"](_arguments_by_name(spec, args, kwargs))
         if limit is not None:
             options["rate_limit"] = RateLimit(*limit)
-    return PreparedJob(spec=spec, queue=queue_name, args=args, kwargs=kwargs, at=at, options=options)
+    webhook = None
+    if request.webhook is not None:
+        try:
+            webhook = webhooks.resolve(request.webhook, settings)
+        except ValueError as error:
+            raise InvalidRequest("webhook", str(error)) from None
+    return PreparedJob(spec=spec, queue=queue_name, args=args, kwargs=kwargs, at=at, options=options, webhook=webhook)
 
 
 def _arguments_by_name(spec: JobSpec, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -181,6 +192,10 @@ def enqueue(prepared: PreparedJob, connection: Redis, job_id: str | None = None)
     job = queue.create_job(
         prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
     )
+    if prepared.webhook:
+        # Before the job can run, so it cannot end before its webhook is known.
+        delay = (prepared.at - datetime.now(timezone.utc)).total_seconds() if prepared.at else 0
+        webhooks.remember(connection, job.id, prepared.webhook, delay_seconds=max(0, delay))
     if dependencies or (job.has_rate_limit and prepared.at is None):
         # RQ watches the dependencies in a transaction of its own and parks the
         # job as `deferred` while any is unfinished; a rate-limited job takes a

@@ -4,7 +4,7 @@ from __future__ import annotations
 from rq.command import send_stop_job_command
 from redis import Redis
 
-from . import events, job_index
+from . import events, job_index, webhooks
 from .job_view import status_of
 from .queues import ServiceJob
 
@@ -23,6 +23,7 @@ def cancel(job: ServiceJob, connection: Redis) -> str:
     if status in CANCELLABLE:
         job.cancel()
         events.status_changed(connection, job, "canceled")
+        webhooks.job_ended(job, "canceled")
         return "canceled"
     if status == "started":
         send_stop_job_command(connection, job.id)

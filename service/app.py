@@ -7,7 +7,7 @@ from redis import Redis
 from werkzeug.exceptions import BadRequest
 
 from . import cli, dashboard, problems
-from .api import artifacts, health, jobs, queues
+from .api import artifacts, health, jobs, queues, ui
 from .connection import connect
 from .queues import job_registry
 from .registry import JobRegistry
@@ -59,6 +59,7 @@ def create_app(
     app.register_blueprint(jobs.bp)
     app.register_blueprint(queues.bp)
     app.register_blueprint(artifacts.bp)
+    app.register_blueprint(ui.bp)
     dashboard.mount(app, settings)
     app.cli.add_command(cli.jobs)
     return app

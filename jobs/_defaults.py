@@ -15,6 +15,7 @@ def defaults(
     timeout: int | None = None,
     result_ttl: int | None = None,
     rate_limit: str | None = None,
+    concurrency: Callable[[dict[str, Any]], tuple[str, int] | None] | None = None,
 ) -> Callable[[F], F]:
     """Declare what a job gets when a request does not say otherwise.
 
@@ -22,8 +23,16 @@ def defaults(
     a plain function: `retry` takes the same shape as in POST /jobs, e.g.
     `{"max": 5, "backoff": [1, 5, 30]}`. `rate_limit` caps how often one client
     (by IP) may enqueue this job, e.g. `"1 per 10 seconds"`.
+
+    `concurrency` limits how many jobs that share a key may be queued or running
+    at once, across all workers: it is called with the job's validated arguments
+    by name (defaults filled in) when the job is enqueued, and returns
+    `(key, limit)`, or None for no limit. Jobs over the limit wait as
+    `rate_limited` until a slot frees (RQ's concurrency limit).
     """
-    given = dict(queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl, rate_limit=rate_limit)
+    given = dict(
+        queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl, rate_limit=rate_limit, concurrency=concurrency
+    )
     declared = {key: value for key, value in given.items() if value is not None}
 
     def mark(func: F) -> F:

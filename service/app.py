@@ -8,7 +8,7 @@ from werkzeug.exceptions import BadRequest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, cli, csrf, dashboard, problems, rate_limits, security_headers
-from .api import health, jobs, queues
+from .api import artifacts, health, jobs, queues, ui
 from .connection import connect
 from .queues import job_registry
 from .registry import JobRegistry
@@ -80,6 +80,8 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(queues.bp)
+    app.register_blueprint(artifacts.bp)
+    app.register_blueprint(ui.bp)
     dashboard.mount(app, settings)
     rate_limits.install(app, settings, connection, registry)
     app.cli.add_command(cli.jobs)

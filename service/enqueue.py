@@ -16,10 +16,11 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from redis import Redis
 from rq.job import Retry
+from rq.rate_limit import RateLimit
 
 from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
 
-from . import job_index
+from . import job_index, webhooks
 from .queues import ServiceJob, ServiceQueue
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
@@ -105,6 +106,9 @@ class JobRequest(BaseModel):
     ttl: int | None = Field(None, ge=1, le=30 * 86400, description="Seconds the job may wait before it is dropped.")
     depends_on: list[JobId] = Field(default_factory=list, max_length=50, description="Run after these jobs finish.")
     description: str | None = Field(None, max_length=500)
+    webhook: webhooks.WebhookRequest | None = Field(
+        None, description="POST the job's outcome to this URL when it ends, signed (HMAC-SHA256) and retried."
+    )
 
     @model_validator(mode="after")
     def _bounded_arguments(self) -> "JobRequest":
@@ -156,6 +160,8 @@ class PreparedJob:
     options: dict[str, Any]
     #: Jobs the queue may hold before enqueueing is refused.
     queue_limit: int
+    #: The completion webhook to keep beside the job (url, secret), if any.
+    webhook: dict[str, str] | None = None
 
 
 def prepare(
@@ -184,10 +190,26 @@ def prepare(
         "depends_on": list(request.depends_on) or None,
         "description": request.description,
     }
+    if "concurrency" in own:
+        limit = own["concurrency"](_arguments_by_name(spec, args, kwargs))
+        if limit is not None:
+            options["rate_limit"] = RateLimit(*limit)
+    webhook = None
+    if request.webhook is not None:
+        try:
+            webhook = webhooks.resolve(request.webhook, settings)
+        except ValueError as error:
+            raise InvalidRequest("webhook", str(error)) from None
     return PreparedJob(
         spec=spec, queue=queue_name, args=args, kwargs=kwargs, at=at, options=options,
-        queue_limit=settings.max_queue_depth,
+        queue_limit=settings.max_queue_depth, webhook=webhook,
     )
+
+
+def _arguments_by_name(spec: JobSpec, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = spec.signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _first(*values: Any) -> Any:
@@ -206,9 +228,14 @@ def enqueue(prepared: PreparedJob, connection: Redis, job_id: str | None = None)
     job = queue.create_job(
         prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
     )
-    if dependencies:
+    if prepared.webhook:
+        # Before the job can run, so it cannot end before its webhook is known.
+        delay = (prepared.at - datetime.now(timezone.utc)).total_seconds() if prepared.at else 0
+        webhooks.remember(connection, job.id, prepared.webhook, delay_seconds=max(0, delay))
+    if dependencies or (job.has_rate_limit and prepared.at is None):
         # RQ watches the dependencies in a transaction of its own and parks the
-        # job as `deferred` while any is unfinished.
+        # job as `deferred` while any is unfinished; a rate-limited job takes a
+        # slot (or waits as `rate_limited`) in RQ's own script, outside a pipeline.
         job = queue.enqueue_job(job)
         job_index.add(connection, job)
         return job

@@ -4,13 +4,13 @@ from __future__ import annotations
 from rq.command import send_stop_job_command
 from redis import Redis
 
-from . import events, job_index
+from . import events, job_index, webhooks
 from .job_view import status_of
 from .queues import ServiceJob
 
-CANCELLABLE = frozenset({"queued", "scheduled", "deferred"})
+CANCELLABLE = frozenset({"queued", "scheduled", "deferred", "rate_limited"})
 RETRYABLE = frozenset({"failed", "stopped"})
-STATUSES = ("queued", "started", "deferred", "scheduled", "finished", "failed", "stopped", "canceled")
+STATUSES = ("queued", "started", "deferred", "scheduled", "rate_limited", "finished", "failed", "stopped", "canceled")
 
 
 class NotAllowed(Exception):
@@ -23,11 +23,14 @@ def cancel(job: ServiceJob, connection: Redis) -> str:
     if status in CANCELLABLE:
         job.cancel()
         events.status_changed(connection, job, "canceled")
+        webhooks.job_ended(job, "canceled")
         return "canceled"
     if status == "started":
         send_stop_job_command(connection, job.id)
         return "stopping"
-    raise NotAllowed(f"job {job.id} is {status}; only a queued, scheduled, deferred or started job can be cancelled")
+    raise NotAllowed(
+        f"job {job.id} is {status}; only a queued, scheduled, deferred, rate_limited or started job can be cancelled"
+    )
 
 
 def retry(job: ServiceJob, connection: Redis) -> ServiceJob:

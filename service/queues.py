@@ -5,6 +5,7 @@ from here, so no code path of ours or of rq-scheduler falls back to pickle.
 """
 from __future__ import annotations
 
+import importlib
 from functools import lru_cache
 
 from redis import Redis
@@ -14,6 +15,11 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from .registry import JobRegistry
+
+
+#: Functions the service itself runs as jobs (webhook deliveries). They are not
+#: in the allow-list, so no client can enqueue them.
+INTERNAL_JOBS = frozenset({"service.webhooks.deliver"})
 
 
 class ForbiddenJob(RuntimeError):
@@ -44,8 +50,19 @@ class ServiceJob(Job):
             raise ForbiddenJob("job records may not carry an instance")
         spec = job_registry().by_path(self.func_name)
         if spec is None:
+            if self.func_name in INTERNAL_JOBS:
+                module, _, name = self.func_name.rpartition(".")
+                return getattr(importlib.import_module(module), name)
             raise ForbiddenJob(f"{self.func_name!r} is not an allow-listed job")
         return spec.func
+
+    def send_webhooks(self, status, *, exc_string=None) -> None:
+        # RQ calls this wherever a job ends for good (finished, failed, or
+        # abandoned by a dead worker); the service's own webhooks start here.
+        super().send_webhooks(status, exc_string=exc_string)
+        from . import webhooks
+
+        webhooks.job_ended(self, str(getattr(status, "value", status)))
 
 
     # Callbacks are import paths in the record too; only the job authors' helper

@@ -98,7 +98,8 @@ def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
     import typing
 
     try:
-        return typing.get_type_hints(func)
+        # include_extras keeps Annotated[..., Field(...)] constraints, which pydantic enforces.
+        return typing.get_type_hints(func, include_extras=True)
     except Exception:  # an unresolvable forward reference: fall back to Any
         return {}
 

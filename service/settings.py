@@ -47,6 +47,19 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def _env_seconds(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        values = tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        values = (-1,)
+    if any(value < 0 for value in values):
+        raise SystemExit(f"{name} must be whole seconds separated by commas, got {raw!r}")
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Redis to use; `rediss://` for TLS. Local runs set it to the embedded server.
@@ -85,6 +98,12 @@ class Settings:
     schedules_file: str = ""
     #: Port the web process listens on.
     port: int = 5000
+    #: Signs completion webhooks whose request gives no secret of its own.
+    webhook_secret: str = ""
+    #: Seconds before each retry of an undelivered webhook (as many retries as delays).
+    webhook_backoff: tuple[int, ...] = (10, 60, 300, 1800, 7200, 21600)
+    #: Seconds a webhook receiver has to answer.
+    webhook_timeout: float = 10.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -107,4 +126,7 @@ class Settings:
             schedule_timezone=os.environ.get("SCHEDULE_TIMEZONE", cls.schedule_timezone),
             schedules_file=os.environ.get("SCHEDULES_FILE", cls.schedules_file),
             port=_env_int("PORT", cls.port),
+            webhook_secret=os.environ.get("WEBHOOK_SECRET", cls.webhook_secret),
+            webhook_backoff=_env_seconds("WEBHOOK_BACKOFF", cls.webhook_backoff),
+            webhook_timeout=_env_float("WEBHOOK_TIMEOUT", cls.webhook_timeout),
         )

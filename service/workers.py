@@ -6,7 +6,7 @@ import time
 
 from rq import Worker
 
-from . import events
+from . import events, webhooks
 from .job_view import parse_exception
 
 #: Failed attempts kept on a job (its retry history); older ones are dropped.
@@ -26,11 +26,15 @@ class ServiceWorker(Worker):
         events.status_changed(self.connection, job)
 
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        stopped = self._stopped_job_id == job.id
         self._record_failure(job, exc_string)
         super().handle_job_failure(
             job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
         )
         events.status_changed(self.connection, job)
+        if stopped:
+            # RQ sends webhooks for finished and failed jobs only.
+            webhooks.job_ended(job, "stopped")
 
     def _record_failure(self, job, exc_string: str) -> None:
         # RQ keeps a result only for an attempt that ends the job, so a retried

@@ -113,3 +113,46 @@ def worker_process(redis_url, tmp_path):
 def stored_keys(connection) -> list[bytes]:
     """Every key in Redis but the rate limiter's counters: what a request wrote."""
     return [key for key in connection.scan_iter() if not key.startswith(b"LIMITS:")]
+
+
+@pytest.fixture(autouse=True)
+def job_files(tmp_path, monkeypatch):
+    """Jobs of each test keep artifacts and outbox mail in its own folder, and
+    never reach a mail server or a webhook secret from the developer's environment."""
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("EMAIL_OUTBOX_DIR", str(tmp_path / "outbox"))
+    for name in ("SMTP_URL", "SMTP_CA_FILE", "WEBHOOK_SECRET", "HTTP_HOST_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def worker_processes(redis_url, connection, tmp_path):
+    """`start(count)`: that many real `python worker.py` processes, started at once."""
+    import contextlib
+
+    from tests import processes
+
+    with contextlib.ExitStack() as stack:
+
+        def start(count: int) -> None:
+            for number in range(count):
+                stack.enter_context(
+                    processes.running(
+                        [sys.executable, "worker.py"],
+                        processes.process_env(redis_url),
+                        tmp_path / f"worker-{number}.log",
+                    )
+                )
+            wait_for(lambda: connection.scard("rq:workers") >= count, what=f"{count} workers to register")
+
+        yield start
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on loopback; tell it how to answer with `answer(path, ...)`."""
+    from tests.servers import HttpServer
+
+    with HttpServer() as server:
+        yield server

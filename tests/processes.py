@@ -69,7 +69,7 @@ def procfile(redis_url: str, tmp_path: Path, **env_overrides: str):
         def up():
             try:
                 return requests.get(f"{base}/health", timeout=1).ok
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or accepted but not answered yet
                 assert honcho.poll() is None, log_path.read_text()
                 return False
 

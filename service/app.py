@@ -7,14 +7,14 @@ from redis import Redis
 from werkzeug.exceptions import BadRequest
 
 from . import cli, dashboard, problems
-from .api import health, jobs, queues
+from .api import health, jobs, queues, schedules
 from .connection import connect
 from .queues import job_registry
 from .registry import JobRegistry
 from .settings import Settings
 
 #: Blueprints whose write requests must carry JSON.
-_JSON_API = {"jobs"}
+_JSON_API = {"jobs", "schedules"}
 
 
 def create_app(
@@ -55,6 +55,7 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(queues.bp)
+    app.register_blueprint(schedules.bp)
     dashboard.mount(app, settings)
     app.cli.add_command(cli.jobs)
     return app

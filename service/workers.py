@@ -4,10 +4,15 @@ from __future__ import annotations
 from rq import Worker
 
 from . import events
+from .worker_scheduler import PromptScheduling
 
 
-class ServiceWorker(Worker):
-    """Publishes `started`, `finished`, `failed`, retry and stop transitions of each job."""
+class ServiceWorker(PromptScheduling, Worker):
+    """Publishes `started`, `finished`, `failed`, retry and stop transitions of each job.
+
+    Its scheduler (with_scheduler=True) enqueues jobs given a time or a delay
+    when they are due, not up to a second later (`service.worker_scheduler`).
+    """
 
     def prepare_job_execution(self, job, *args, **kwargs):
         super().prepare_job_execution(job, *args, **kwargs)

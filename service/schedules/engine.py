@@ -242,7 +242,7 @@ class ServiceScheduler(Scheduler):
             mode, len(jobs),
         ]
         for job in jobs:
-            fields = _fields(job)
+            fields = store.flat(job.to_dict())
             args += [job.id, repr(job.created_at.timestamp()), len(fields), *fields]
         flat = [item for pair in values.items() for item in pair]
         args += [len(flat), *flat]
@@ -307,15 +307,6 @@ class ServiceScheduler(Scheduler):
         finally:
             self.remove_lock()
             self.register_death()
-
-
-def _fields(job: ServiceJob) -> list[Any]:
-    """The job record's fields as RQ writes them (Job.to_dict), flattened for HSET."""
-    flat: list[Any] = []
-    for key, value in job.to_dict().items():
-        if value is not None:
-            flat += [key, value]
-    return flat
 
 
 def _tick_meta(name: str, tick: int) -> dict[str, Any]:

@@ -152,46 +152,109 @@ def save(connection: Redis, valid: ValidSchedule, *, source: str, now: datetime)
     restart neither fires a tick again nor forgets a missed one); otherwise it is
     the first tick after now and after the last tick that ran.
     """
-    name = valid.name
-    key = state_key(name)
-    template = build_template(valid, connection).to_dict()
+    return save_many(connection, [valid], source=source, now=now)[0]
+
+
+# Write a schedule only if it is still as it was read (revision and next tick):
+# a tick fired or a change made in between sends the write back to be redone.
+_WRITE = """
+-- KEYS: 1 state, 2 job record, 3 scheduled set, 4 names
+-- ARGV: 1 revision read ('' = none), 2 score read ('' = none), 3 member, 4 name, 5 next score ('' = none),
+--       6 definition, 7 source, 8 paused, then the job record's fields
+if (redis.call('HGET', KEYS[1], 'revision') or '') ~= ARGV[1] then return 0 end
+local score = redis.call('ZSCORE', KEYS[3], ARGV[3])
+if (score and tonumber(score) or '') ~= (ARGV[2] ~= '' and tonumber(ARGV[2]) or '') then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], 'definition', ARGV[6], 'source', ARGV[7], 'paused', ARGV[8])
+redis.call('HDEL', KEYS[1], 'error')
+redis.call('HINCRBY', KEYS[1], 'revision', 1)
+if ARGV[5] == '' then redis.call('ZREM', KEYS[3], ARGV[3]) else redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3]) end
+redis.call('SADD', KEYS[4], ARGV[4])
+return 1
+"""
+
+
+def save_many(connection: Redis, valids: list[ValidSchedule], *, source: str, now: datetime) -> list[Saved]:
+    """`save` for many schedules, in a few round trips however many there are."""
+    script = connection.register_script(_WRITE)
+    templates = {valid.name: flat(build_template(valid, connection).to_dict()) for valid in valids}
+    saved: dict[str, Saved] = {}
+    pending = list(valids)
+    while pending:
+        with connection.pipeline(transaction=False) as pipe:
+            for valid in pending:
+                pipe.hgetall(state_key(valid.name))
+                pipe.zscore(SCHEDULED, template_id(valid.name))
+            replies = pipe.execute()
+        plans = [
+            _plan_write(valid, decode(replies[2 * i]), replies[2 * i + 1], source=source, now=now)
+            for i, valid in enumerate(pending)
+        ]
+        with connection.pipeline(transaction=False) as pipe:
+            for valid, (args, _) in zip(pending, plans):
+                keys = [state_key(valid.name), template_key(valid.name), SCHEDULED, NAMES]
+                script(keys=keys, args=args + templates[valid.name], client=pipe)
+            written = pipe.execute()
+        retry = []
+        for valid, (_, result), ok in zip(pending, plans, written):
+            if ok:
+                saved[valid.name] = result
+            else:
+                retry.append(valid)
+        pending = retry
+    return [saved[valid.name] for valid in valids]
+
+
+def _plan_write(valid: ValidSchedule, old: dict[str, str], score, *, source: str, now: datetime):
+    """The write script's arguments for `valid` over the state `old`, and what it will leave."""
     definition = valid.definition()
-    outcome: dict[str, Any] = {}
+    old_definition = json.loads(old["definition"]) if old.get("definition") else None
+    paused = old.get("paused") == "1"
+    last_tick = int(old["last_tick"]) if old.get("last_tick") else None
+    if old_definition is not None and _timing(old_definition) == _timing(definition) and score is not None:
+        next_tick: int | None = int(score)
+    else:
+        next_tick = valid.cron.next_tick(max(math.floor(now.timestamp()), last_tick or 0))
+    if old_definition is None:
+        outcome = "created"
+    elif canonical(old_definition) == canonical(definition) and old.get("source") == source:
+        outcome = "unchanged"
+    else:
+        outcome = "updated"
+    scheduled = None if paused else next_tick
+    args = [
+        old.get("revision", ""),
+        "" if score is None else int(score),
+        template_id(valid.name),
+        valid.name,
+        "" if scheduled is None else scheduled,
+        canonical(definition),
+        source,
+        "1" if paused else "0",
+    ]
+    stored = StoredSchedule(
+        name=valid.name,
+        definition=json.loads(canonical(definition)),
+        source=source,
+        paused=paused,
+        revision=int(old.get("revision", 0)) + 1,
+        next_tick=scheduled,
+        last_tick=last_tick,
+        last_job_id=old.get("last_job_id") or None,
+        last_run_at=float(old["last_run_at"]) if old.get("last_run_at") else None,
+        error=None,
+    )
+    return args, Saved(outcome, old.get("source") if old else None, stored)
 
-    def write(pipe) -> None:
-        old = decode(pipe.hgetall(key))
-        score = pipe.zscore(SCHEDULED, template_id(name))
-        old_definition = json.loads(old["definition"]) if old.get("definition") else None
-        paused = old.get("paused") == "1"
-        last_tick = int(old["last_tick"]) if old.get("last_tick") else None
-        same_timing = old_definition is not None and _timing(old_definition) == _timing(definition)
-        if same_timing and score is not None:
-            next_tick: int | None = int(score)
-        else:
-            next_tick = valid.cron.next_tick(max(math.floor(now.timestamp()), last_tick or 0))
-        if old_definition is None:
-            outcome["outcome"] = "created"
-        elif canonical(old_definition) == canonical(definition) and old.get("source") == source:
-            outcome["outcome"] = "unchanged"
-        else:
-            outcome["outcome"] = "updated"
-        outcome["previous_source"] = old.get("source") if old else None
-        pipe.multi()
-        pipe.delete(template_key(name))
-        pipe.hset(template_key(name), mapping=template)
-        pipe.hset(key, mapping={"definition": canonical(definition), "source": source, "paused": "1" if paused else "0"})
-        pipe.hdel(key, "error")
-        pipe.hincrby(key, "revision", 1)
-        if paused or next_tick is None:
-            pipe.zrem(SCHEDULED, template_id(name))
-        else:
-            pipe.zadd(SCHEDULED, {template_id(name): next_tick})
-        pipe.sadd(NAMES, name)
 
-    connection.transaction(write, key)
-    stored = get(connection, name)
-    assert stored is not None
-    return Saved(outcome["outcome"], outcome["previous_source"], stored)
+def flat(mapping: dict[str, Any]) -> list[Any]:
+    """A job record's fields (Job.to_dict) flattened for HSET in a script."""
+    flat: list[Any] = []
+    for key, value in mapping.items():
+        if value is not None:
+            flat += [key, value]
+    return flat
 
 
 def _timing(definition: dict[str, Any]) -> tuple[str, str]:

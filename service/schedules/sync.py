@@ -41,8 +41,7 @@ def sync(
     """Upsert `declared`, drop declared schedules no longer listed. Validates all before writing any."""
     valid: list[ValidSchedule] = [validate(schedule, registry=registry, settings=settings) for schedule in declared]
     report = SyncReport()
-    for schedule in valid:
-        saved = store.save(connection, schedule, source=store.DECLARED, now=now)
+    for schedule, saved in zip(valid, store.save_many(connection, valid, source=store.DECLARED, now=now)):
         getattr(report, saved.outcome).append(schedule.name)
         if saved.previous_source == store.API:
             report.replaced.append(schedule.name)

@@ -60,7 +60,8 @@ class Settings:
     failure_ttl: int = 7 * 24 * 3600
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1024 * 1024
-    #: How often rq-scheduler looks for due jobs, in seconds.
+    #: Longest sleep of a scheduler (cron, or the worker's for jobs given a time)
+    #: between looks for due jobs, in seconds; it wakes earlier when one is due.
     scheduler_interval: float = 1.0
     #: Time zone that cron expressions are read in unless a schedule names one.
     schedule_timezone: str = "UTC"
@@ -81,7 +82,7 @@ class Settings:
             failure_ttl=_env_int("JOB_FAILURE_TTL", cls.failure_ttl),
             max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
             scheduler_interval=_env_float("SCHEDULER_INTERVAL", cls.scheduler_interval),
-            schedule_timezone=os.environ.get("SCHEDULE_TIMEZONE", cls.schedule_timezone),
+            schedule_timezone=os.environ.get("SCHEDULE_TIMEZONE") or cls.schedule_timezone,
             schedules_file=os.environ.get("SCHEDULES_FILE", cls.schedules_file),
             port=_env_int("PORT", cls.port),
         )

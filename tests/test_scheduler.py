@@ -98,18 +98,17 @@ def test_two_schedulers_that_read_the_same_due_tick_enqueue_it_once(connection, 
     assert sorted(queued(connection)) == sorted(tick_id(f"s{i}", int(clock().timestamp())) for i in range(20))
 
 
-def test_three_schedulers_in_parallel_fire_a_burst_once(connection, redis_url, declare, clock):
+def test_three_schedulers_in_parallel_fire_a_burst_once(connection, redis_url, settings, clock):
     from redis import Redis
 
     due = clock.now + timedelta(seconds=30)
     expression = f"{due.second} {due.minute} {due.hour} * * * *"
     count = 1500
-    for start in range(0, count, 500):
-        names = range(start, min(start + 500, count))
-        # Written straight through the store: sync would validate each one the same way.
-        for i in names:
-            valid = validate(Schedule(name=f"b{i}", job="demo.add", cron=expression, args=[i, 1]), registry=job_registry(), settings=_settings(redis_url))
-            store.save(connection, valid, source=store.API, now=clock())
+    burst = [
+        validate(Schedule(name=f"b{i}", job="demo.add", cron=expression, args=[i, 1]), registry=job_registry(), settings=settings)
+        for i in range(count)
+    ]
+    store.save_many(connection, burst, source=store.API, now=clock())
     clock.advance(seconds=30)
     schedulers = [ServiceScheduler(Redis.from_url(redis_url), clock=clock) for _ in range(3)]
     for each in schedulers:
@@ -124,10 +123,21 @@ def test_three_schedulers_in_parallel_fire_a_burst_once(connection, redis_url, d
     assert set(counts.values()) == {1}
 
 
-def _settings(redis_url):
-    from service.settings import Settings
-
-    return Settings(redis_url=redis_url)
+def test_a_save_that_read_the_schedule_before_a_tick_fired_is_redone(connection, declare, scheduler, clock, settings):
+    schedule = Schedule(name="s", job="demo.add", cron="0 9 * * *", args=[1, 1])
+    declare(schedule)
+    valid = validate(schedule, registry=job_registry(), settings=settings)
+    old = store.decode(connection.hgetall(store.state_key("s")))
+    score = connection.zscore(store.SCHEDULED, template_id("s"))
+    clock.advance(seconds=30)
+    args, _ = store._plan_write(valid, old, score, source=store.DECLARED, now=clock())
+    assert scheduler.enqueue_jobs() == 1  # the tick fires between the read and the write
+    write = connection.register_script(store._WRITE)
+    keys = [store.state_key("s"), store.template_key("s"), store.SCHEDULED, store.NAMES]
+    assert write(keys=keys, args=args + ["data", b"x"]) == 0  # refused: it would fire 09:00 again
+    declare(schedule)
+    assert store.get(connection, "s").next_tick == int(datetime(2025, 1, 7, 9, tzinfo=UTC).timestamp())
+    assert scheduler.enqueue_jobs() == 0
 
 
 def test_a_restart_with_the_same_file_neither_duplicates_a_schedule_nor_fires_a_tick_again(

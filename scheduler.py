@@ -19,10 +19,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(levelname)s %(message)s")
     settings = Settings.from_env()
     connection = connect(settings)
-    declared = schedules.load(settings.schedules_file or None)
-    report = schedules.sync(
-        connection, declared, registry=job_registry(), settings=settings, now=datetime.now(timezone.utc)
-    )
+    try:
+        declared = schedules.load(settings.schedules_file or None)
+        report = schedules.sync(
+            connection, declared, registry=job_registry(), settings=settings, now=datetime.now(timezone.utc)
+        )
+    except schedules.InvalidSchedule as error:
+        raise SystemExit(f"scheduler: declared schedules not loaded, nothing changed: {error.problem}") from None
     logging.info("declared schedules: %s", report)
     schedules.make_scheduler(connection, settings).run()
 

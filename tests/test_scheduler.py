@@ -176,6 +176,40 @@ def test_a_schedule_removed_from_the_file_is_removed_and_runtime_ones_stay(conne
     assert connection.zscore(store.SCHEDULED, template_id("b")) is None
 
 
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (Schedule(name="bad", job="demo.nope", cron="* * * * *"), "no job called 'demo.nope'"),
+        (Schedule(name="bad", job="demo.add", cron="* * * * *", args=["x", 1]), "Input should be a valid"),
+        (Schedule(name="bad", job="demo.tick", cron="* * * * *", timezone="Mars/Olympus"), "Mars/Olympus"),
+    ],
+)
+def test_a_bad_declared_schedule_stops_the_sync_before_anything_is_written(connection, declare, bad, words):
+    from service.schedules import InvalidSchedule
+
+    with pytest.raises(InvalidSchedule) as refused:
+        declare(Schedule(name="good", job="demo.tick", cron="* * * * *"), bad)
+    assert "'bad'" in refused.value.problem and words in refused.value.problem
+    assert connection.dbsize() == 0
+
+
+def test_the_scheduler_process_refuses_a_bad_file_and_says_why(redis_url, connection, tmp_path):
+    import subprocess
+    import sys
+
+    from tests import processes
+
+    bad = tmp_path / "schedules.toml"
+    bad.write_text('[[schedule]]\nname = "x"\njob = "demo.nope"\ncron = "* * * * *"\n')
+    done = subprocess.run(
+        [sys.executable, "scheduler.py"], cwd=processes.ROOT, env=processes.process_env(redis_url, SCHEDULES_FILE=str(bad)),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "no job called 'demo.nope'" in done.stderr
+    assert connection.dbsize() == 0
+
+
 def test_a_declared_schedule_wins_over_a_runtime_one_of_the_same_name(connection, declare, clock, settings):
     runtime = validate(Schedule(name="s", job="demo.add", cron="*/5 * * * *", args=[1, 1]), registry=job_registry(), settings=settings)
     store.save(connection, runtime, source=store.API, now=clock())

@@ -13,10 +13,11 @@ from datetime import datetime
 
 from redis import Redis
 
-from ..registry import JobRegistry
+from ..enqueue import InvalidRequest
+from ..registry import InvalidArguments, JobRegistry, UnknownJob
 from ..settings import Settings
 from . import store
-from .definition import Schedule, ValidSchedule, name_of, validate
+from .definition import InvalidSchedule, Schedule, ValidSchedule, name_of, validate
 
 log = logging.getLogger("service.schedules")
 
@@ -38,8 +39,18 @@ class SyncReport:
 def sync(
     connection: Redis, declared: list[Schedule], *, registry: JobRegistry, settings: Settings, now: datetime
 ) -> SyncReport:
-    """Upsert `declared`, drop declared schedules no longer listed. Validates all before writing any."""
-    valid: list[ValidSchedule] = [validate(schedule, registry=registry, settings=settings) for schedule in declared]
+    """Upsert `declared`, drop declared schedules no longer listed.
+
+    Validates all before writing any; InvalidSchedule names the first bad one.
+    """
+    valid: list[ValidSchedule] = []
+    for schedule in declared:
+        try:
+            valid.append(validate(schedule, registry=registry, settings=settings))
+        except UnknownJob:
+            raise InvalidSchedule("job", f"schedule {schedule.name!r}: there is no job called {schedule.job!r}") from None
+        except (InvalidArguments, InvalidRequest, InvalidSchedule) as error:
+            raise InvalidSchedule("schedule", f"schedule {schedule.name!r}: {error}") from None
     report = SyncReport()
     for schedule, saved in zip(valid, store.save_many(connection, valid, source=store.DECLARED, now=now)):
         getattr(report, saved.outcome).append(schedule.name)

@@ -14,14 +14,17 @@ def defaults(
     retry: dict[str, Any] | None = None,
     timeout: int | None = None,
     result_ttl: int | None = None,
+    rate_limit: str | None = None,
 ) -> Callable[[F], F]:
     """Declare what a job gets when a request does not say otherwise.
 
     The function is returned unchanged (only an attribute is set), so it stays
     a plain function: `retry` takes the same shape as in POST /jobs, e.g.
-    `{"max": 5, "backoff": [1, 5, 30]}`.
+    `{"max": 5, "backoff": [1, 5, 30]}`. `rate_limit` caps how often one client
+    (by IP) may enqueue this job, e.g. `"1 per 10 seconds"`.
     """
-    declared = {k: v for k, v in dict(queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl).items() if v is not None}
+    given = dict(queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl, rate_limit=rate_limit)
+    declared = {key: value for key, value in given.items() if value is not None}
 
     def mark(func: F) -> F:
         setattr(func, ATTRIBUTE, declared)

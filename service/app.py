@@ -5,16 +5,24 @@ from apiflask import APIFlask
 from flask import request
 from redis import Redis
 from werkzeug.exceptions import BadRequest
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, dashboard, problems
+from . import auth, cli, csrf, dashboard, problems, rate_limits, security_headers
 from .api import health, jobs, queues, schedules
 from .connection import connect
 from .queues import job_registry
 from .registry import JobRegistry
 from .settings import Settings
 
-#: Blueprints whose write requests must carry JSON.
+#: Blueprints whose write requests must carry JSON, and endpoints that need a body.
 _JSON_API = {"jobs", "schedules"}
+_BODY_REQUIRED = {"jobs.create_job", "schedules.put_schedule"}
+#: Blueprints that serve pages to browsers (they get a script-nonce CSP).
+_PAGES = frozenset({dashboard.BLUEPRINT})
+
+
+class MissingTokens(RuntimeError):
+    pass
 
 
 def create_app(
@@ -23,6 +31,13 @@ def create_app(
     registry: JobRegistry | None = None,
 ) -> APIFlask:
     settings = settings or Settings.from_env()
+    tokens = auth.parse_tokens(settings.api_tokens)
+    if not tokens:
+        raise MissingTokens(
+            "API_TOKENS is empty, so anyone could run jobs: set API_TOKENS to one or more "
+            "tokens of 16+ characters (`token` or `token:enqueue+read`, comma-separated). "
+            "`make run` makes one for you."
+        )
     app = APIFlask(
         __name__,
         title="RQ Job Service",
@@ -30,32 +45,62 @@ def create_app(
         spec_path="/openapi.json",
         docs_path="/docs",
     )
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["jobservice"] = {
-        "settings": settings,
-        "redis": connection or connect(settings),
-        "registry": registry or job_registry(),
-    }
+    registry = registry or job_registry()
+    connection = connection or connect(settings)
+    app.extensions["jobservice"] = {"settings": settings, "redis": connection, "registry": registry}
     app.error_processor(problems.render)
+    app.spec_processor(_finish_spec)
+
+    # Order matters: who you are, then where the request comes from, then what it says.
+    auth.install(app, tokens, lambda: dashboard.scope() or auth.view_scope(app))
+    csrf.install(app, state_changing_gets=dashboard.STATE_CHANGING)
+    security_headers.install(app, page_blueprints=_PAGES)
 
     @app.before_request
     def require_json_body():
-        if (
-            request.blueprint in _JSON_API
-            and request.method in ("POST", "PUT", "PATCH")
-            and request.content_length
-        ):
-            if not request.is_json:
-                raise problems.problem(415, "Send the body as JSON (Content-Type: application/json).")
-            try:
-                request.get_json()
-            except BadRequest:
-                raise problems.problem(400, "The request body is not valid JSON.") from None
+        if request.blueprint not in _JSON_API or request.method not in ("POST", "PUT", "PATCH"):
+            return
+        if not request.content_length:
+            if request.endpoint in _BODY_REQUIRED:
+                raise problems.problem(400, "Send the request as a JSON body.")
+            return
+        if not request.is_json:
+            raise problems.problem(415, "Send the body as JSON (Content-Type: application/json).")
+        try:
+            request.get_json()
+        except BadRequest:
+            raise problems.problem(400, "The request body is not valid JSON.") from None
+        except RecursionError:
+            raise problems.problem(422, "The request body nests too deeply.") from None
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(queues.bp)
     app.register_blueprint(schedules.bp)
     dashboard.mount(app, settings)
+    rate_limits.install(app, settings, connection, registry)
     app.cli.add_command(cli.jobs)
     return app
+
+
+def _finish_spec(spec: dict) -> dict:
+    """Errors as problem+json, and the token every operation but /health needs."""
+    problems.document_errors(spec)
+    spec["components"]["securitySchemes"] = {
+        "token": {"type": "http", "scheme": "bearer", "description": "An API token from API_TOKENS."},
+        "browser": {"type": "http", "scheme": "basic", "description": "Any user name, an API token as password."},
+    }
+    spec["security"] = [{"token": []}, {"browser": []}]
+    for path, operations in spec.get("paths", {}).items():
+        for operation in operations.values():
+            if path == "/health":
+                operation["security"] = []
+            else:
+                operation.setdefault("responses", {}).setdefault("401", {"description": "No valid token"})
+                operation["responses"].setdefault("403", {"description": "The token lacks the scope"})
+    problems.document_errors(spec)
+    return spec

@@ -6,6 +6,7 @@ import sys
 
 import click
 from flask import current_app
+from flask.cli import AppGroup
 from pydantic import ValidationError
 from rq.exceptions import NoSuchJobError
 
@@ -36,9 +37,7 @@ def _json(value: str, what: str):
         raise click.BadParameter(f"not JSON: {error}", param_hint=what) from None
 
 
-@click.group("jobs")
-def jobs() -> None:
-    """Enqueue, inspect and retry jobs."""
+jobs = AppGroup("jobs", help="Enqueue, inspect and retry jobs.")
 
 
 @jobs.command("enqueue")

@@ -1,25 +1,79 @@
-"""rq-dashboard, mounted at /rq and reading JSON job records."""
+"""rq-dashboard, mounted at /rq: JSON job records, escaped templates, admins only.
+
+rq-dashboard renders job descriptions, results and exception text into its
+pages with Underscore's unescaped `<%= %>`, and job arguments come from HTTP
+clients: a stored XSS. Its templates are rewritten as they load to escape every
+value (`<%- %>`), its one inline script gets the page's CSP nonce, and the page's
+Content-Security-Policy runs no other inline script.
+"""
 from __future__ import annotations
 
+import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import rq_dashboard
-from flask import Flask
+from flask import Flask, request
+from jinja2 import BaseLoader
 from rq.serializers import JSONSerializer
 
+from .problems import problem
 from .settings import Settings
 
 URL_PREFIX = "/rq"
+BLUEPRINT = "rq_dashboard"
+#: Dashboard endpoints that change something; `requeue_all` does it even on GET.
+STATE_CHANGING = frozenset(
+    f"{BLUEPRINT}.{name}"
+    for name in ("delete_job_view", "requeue_job_view", "requeue_all", "empty_queue", "compact_queue")
+)
+
+_JQUERY_ESCAPED = re.compile(r"<%=\s*\$\('<div/>'\)\.text\((.*?)\)\.html\(\)\s*%>")
+_INLINE_SCRIPT = '<script type="text/javascript">'
+
+
+def harden(source: str) -> str:
+    """An rq-dashboard template with every Underscore interpolation escaped."""
+    source = _JQUERY_ESCAPED.sub(r"<%- \1 %>", source)  # already escaped by jQuery: escape once
+    source = source.replace("<%=", "<%-")
+    return source.replace(_INLINE_SCRIPT, '<script type="text/javascript" nonce="{{ csp_nonce() }}">')
+
+
+class _HardeningLoader(BaseLoader):
+    def __init__(self, inner: BaseLoader):
+        self.inner = inner
+
+    def get_source(self, environment, template):
+        source, filename, uptodate = self.inner.get_source(environment, template)
+        if template.endswith(".html"):
+            source = harden(source)
+        return source, filename, uptodate
+
+    def list_templates(self):
+        return self.inner.list_templates()
 
 
 def mount(app: Flask, settings: Settings) -> None:
     # The dashboard keeps its serializer in a module-level config object.
     rq_dashboard.web.config.serializer = JSONSerializer
     app.config["RQ_DASHBOARD_REDIS_URL"] = _dashboard_redis_url(settings)
+    app.config["RQ_DASHBOARD_DISABLE_DELETE"] = settings.dashboard_read_only
     rq_dashboard.web.setup_rq_connection(app)
+    blueprint = rq_dashboard.blueprint
     # A plain Flask blueprint; APIFlask asks every blueprint whether to document it.
-    rq_dashboard.blueprint.enable_openapi = False
-    app.register_blueprint(rq_dashboard.blueprint, url_prefix=URL_PREFIX)
+    blueprint.enable_openapi = False
+    if not isinstance(blueprint.jinja_loader, _HardeningLoader):
+        blueprint.jinja_loader = _HardeningLoader(blueprint.jinja_loader)
+    app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
+
+    @app.before_request
+    def read_only_dashboard():
+        if settings.dashboard_read_only and request.endpoint in STATE_CHANGING:
+            raise problem(403, "The dashboard is read-only (DASHBOARD_READ_ONLY).", title="Forbidden")
+
+
+def scope() -> str | None:
+    """Every dashboard page needs the `admin` scope; None outside the dashboard."""
+    return "admin" if request.blueprint == BLUEPRINT else None
 
 
 def _dashboard_redis_url(settings: Settings) -> str:

@@ -25,6 +25,9 @@ from .registry import JobRegistry, JobSpec
 from .settings import Settings
 
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,100}$")]
+#: How deep arguments may nest, and how long one string in them may be.
+MAX_ARGUMENT_DEPTH = 32
+MAX_STRING_LENGTH = 65_536
 Seconds = Annotated[int, Field(ge=0, le=86400)]
 
 
@@ -34,6 +37,10 @@ class InvalidRequest(ValueError):
     def __init__(self, field: str, problem: str):
         self.field, self.problem = field, problem
         super().__init__(f"{field}: {problem}")
+
+
+class QueueFull(Exception):
+    """The queue holds MAX_QUEUE_DEPTH jobs already; the client should come back later."""
 
 
 class IdempotencyConflict(Exception):
@@ -100,6 +107,11 @@ class JobRequest(BaseModel):
     description: str | None = Field(None, max_length=500)
 
     @model_validator(mode="after")
+    def _bounded_arguments(self) -> "JobRequest":
+        _check_bounds([self.args, self.kwargs])
+        return self
+
+    @model_validator(mode="after")
     def _one_start_time(self) -> "JobRequest":
         if self.delay is not None and self.at is not None:
             raise ValueError("give `delay` or `at`, not both")
@@ -111,6 +123,23 @@ class JobRequest(BaseModel):
         """Equal for equal requests, whatever the order of their keys."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_bounds(value: Any) -> None:
+    """Refuse arguments nested deeper than MAX_ARGUMENT_DEPTH or with an overlong string."""
+    stack = [(value, 0)]
+    while stack:  # iterative: a hostile body must not exhaust the interpreter's stack
+        item, depth = stack.pop()
+        if depth > MAX_ARGUMENT_DEPTH:
+            raise ValueError(f"arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels")
+        if isinstance(item, str):
+            if len(item) > MAX_STRING_LENGTH:
+                raise ValueError(f"a string in the arguments is longer than {MAX_STRING_LENGTH} characters")
+        elif isinstance(item, dict):
+            stack.extend((key, depth + 1) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
 
 
 @dataclass(frozen=True)
@@ -125,6 +154,8 @@ class PreparedJob:
     at: datetime | None
     #: Keyword arguments of RQ's `create_job` (timeout, TTLs, retry, ...).
     options: dict[str, Any]
+    #: Jobs the queue may hold before enqueueing is refused.
+    queue_limit: int
 
 
 def prepare(
@@ -153,7 +184,10 @@ def prepare(
         "depends_on": list(request.depends_on) or None,
         "description": request.description,
     }
-    return PreparedJob(spec=spec, queue=queue_name, args=args, kwargs=kwargs, at=at, options=options)
+    return PreparedJob(
+        spec=spec, queue=queue_name, args=args, kwargs=kwargs, at=at, options=options,
+        queue_limit=settings.max_queue_depth,
+    )
 
 
 def _first(*values: Any) -> Any:
@@ -167,6 +201,8 @@ def enqueue(prepared: PreparedJob, connection: Redis, job_id: str | None = None)
     if missing:
         raise InvalidRequest("depends_on", f"no job {', '.join(map(repr, missing))}")
     queue = ServiceQueue(prepared.queue, connection=connection)
+    if prepared.at is None and connection.llen(queue.key) >= prepared.queue_limit:
+        raise QueueFull(f"queue {prepared.queue!r} holds {prepared.queue_limit} jobs already")
     job = queue.create_job(
         prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
     )

@@ -6,19 +6,10 @@ from typing import Any
 
 from rq.exceptions import DeserializationError
 from rq.registry import ScheduledJobRegistry
-from rq.results import Result
 
 from .queues import ServiceJob
 from .registry import JobRegistry
 from .times import iso
-
-_RESULT_KINDS = {
-    Result.Type.SUCCESSFUL: "finished",
-    Result.Type.FAILED: "failed",
-    Result.Type.STOPPED: "stopped",
-    Result.Type.RETRIED: "retried",
-}
-
 
 def status_of(job: ServiceJob) -> str:
     status = job.get_status(refresh=False)
@@ -54,12 +45,13 @@ def describe(job: ServiceJob, registry: JobRegistry, *, detail: bool = True) -> 
         view["result"] = job.return_value()
     if not detail:
         return view
-    history = [_attempt(result) for result in reversed(job.results())]
+    history = [_attempt(entry) for entry in (job.meta.get("failures", []) if isinstance(job.meta, dict) else [])]
+    if status == "finished":
+        history.append({"outcome": "finished", "at": view["ended_at"]})
     view["attempts"] = len(history) + (1 if status == "started" else 0)
     view["history"] = history
-    failures = [attempt["error"] for attempt in history if attempt.get("error")]
-    if status in ("failed", "stopped") and failures:
-        view["error"] = failures[-1]
+    if status in ("failed", "stopped") and history and history[-1].get("error"):
+        view["error"] = history[-1]["error"]
     if status == "queued":
         view["position"] = job.get_position()
     if status == "scheduled":
@@ -67,14 +59,13 @@ def describe(job: ServiceJob, registry: JobRegistry, *, detail: bool = True) -> 
     return view
 
 
-def _attempt(result: Result) -> dict[str, Any]:
-    attempt: dict[str, Any] = {
-        "outcome": _RESULT_KINDS.get(Result.Type(result.type), "failed"),
-        "at": iso(result.created_at),
+def _attempt(entry: dict[str, Any]) -> dict[str, Any]:
+    at = entry.get("at")
+    return {
+        "outcome": entry.get("outcome", "failed"),
+        "at": iso(datetime.fromtimestamp(at, timezone.utc)) if isinstance(at, (int, float)) else None,
+        "error": entry.get("error"),
     }
-    if result.exc_string:
-        attempt["error"] = parse_exception(result.exc_string)
-    return attempt
 
 
 def parse_exception(text: str) -> dict[str, str]:

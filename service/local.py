@@ -6,6 +6,7 @@ every process of the Procfile with honcho. Ctrl-C stops them all, Redis last.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,9 @@ def main() -> int:
     port = env.setdefault("PORT", "5000")
     # On a laptop the API is for this machine only.
     env.setdefault("GUNICORN_CMD_ARGS", f"--bind 127.0.0.1:{port}")
+    if not env.get("API_TOKENS"):
+        env["API_TOKENS"] = secrets.token_urlsafe(24)
+        print(f"API token (this run only; set API_TOKENS to keep one): {env['API_TOKENS']}", flush=True)
     redis = None
     if not env.get("REDIS_URL"):
         redis = EmbeddedRedis(ROOT / "var" / "redis")
@@ -28,7 +32,7 @@ def main() -> int:
         print(f"Embedded Redis at {env['REDIS_URL']} (data in var/redis)", flush=True)
     base = f"http://127.0.0.1:{port}"
     print(f"API        {base}/jobs   (docs {base}/docs)", flush=True)
-    print(f"Dashboard  {base}/rq", flush=True)
+    print(f"Dashboard  {base}/rq   (any user name, the token as password)", flush=True)
     honcho = subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", port],
         env=env,

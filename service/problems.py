@@ -33,3 +33,28 @@ def render(error: HTTPError):
         body["detail"] = error.message
     body.update(error.extra_data or {})
     return json.dumps(body), error.status_code, {**(error.headers or {}), "Content-Type": PROBLEM_JSON}
+
+
+#: The body of every error response, as documented in the OpenAPI document.
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def document_errors(spec: dict) -> dict:
+    """APIFlask's spec processor: error responses are problem+json, not its own error body."""
+    spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    for path in spec.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                if str(status)[0] in "45":
+                    response["content"] = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return spec

@@ -8,7 +8,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from redis import Redis
-from rq.job import Job
+from rq.exceptions import NoSuchJobError
+from rq.job import JOB_ID_PATTERN, Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
@@ -47,6 +48,32 @@ class ServiceJob(Job):
         return spec.func
 
 
+    # Callbacks are import paths in the record too; only the job authors' helper
+    # modules (`jobs._*`) may hold one, so a planted record cannot name `os.system`.
+    @property
+    def success_callback(self):
+        _check_callback(self._success_callback_name)
+        return super().success_callback
+
+    @property
+    def failure_callback(self):
+        _check_callback(self._failure_callback_name)
+        return super().failure_callback
+
+    @property
+    def stopped_callback(self):
+        _check_callback(self._stopped_callback_name)
+        return super().stopped_callback
+
+
+CALLBACK_MODULE_PREFIX = "jobs._"
+
+
+def _check_callback(name: str | None) -> None:
+    if name and not name.startswith(CALLBACK_MODULE_PREFIX):
+        raise ForbiddenJob(f"callback {name!r} is not in a jobs._* module")
+
+
 class ServiceQueue(Queue):
     """A queue of ServiceJob records, serialized as JSON."""
 
@@ -65,4 +92,8 @@ def queue(name: str, connection: Redis) -> ServiceQueue:
 
 def fetch_job(job_id: str, connection: Redis) -> ServiceJob:
     """The job with this id; rq.exceptions.NoSuchJobError when it does not exist."""
+    # An id RQ could never have made (`;`, `:`) names no job; RQ itself would
+    # raise ValueError for some and read a different key for others.
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise NoSuchJobError(job_id)
     return ServiceJob.fetch(job_id, connection=connection)

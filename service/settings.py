@@ -6,6 +6,7 @@ Every knob has a typed default that suits a laptop; Heroku-style platforms set
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 
@@ -41,6 +42,11 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def mask_url(url: str) -> str:
+    """`url` with any password replaced, for logs and pages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Redis to use; `rediss://` for TLS. Local runs set it to the embedded server.
@@ -60,6 +66,17 @@ class Settings:
     failure_ttl: int = 7 * 24 * 3600
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1024 * 1024
+    #: Jobs a queue may hold; beyond it enqueue answers 503 instead of growing Redis.
+    max_queue_depth: int = 100_000
+    #: API tokens: `token` or `token:scope+scope`, comma-separated (scopes: enqueue, read, admin).
+    api_tokens: str = ""
+    #: Enqueue rate limits (flask-limiter syntax), per token and per client IP.
+    rate_limit_per_token: str = "6000 per minute"
+    rate_limit_per_ip: str = "1200 per minute"
+    #: Proxies in front of the web process whose X-Forwarded-* headers to trust (Heroku: 1).
+    trusted_proxies: int = 0
+    #: The dashboard shows but changes nothing.
+    dashboard_read_only: bool = False
     #: Longest sleep of a scheduler (cron, or the worker's for jobs given a time)
     #: between looks for due jobs, in seconds; it wakes earlier when one is due.
     scheduler_interval: float = 1.0
@@ -81,6 +98,12 @@ class Settings:
             result_ttl=_env_int("JOB_RESULT_TTL", cls.result_ttl),
             failure_ttl=_env_int("JOB_FAILURE_TTL", cls.failure_ttl),
             max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            max_queue_depth=_env_int("MAX_QUEUE_DEPTH", cls.max_queue_depth),
+            api_tokens=os.environ.get("API_TOKENS", cls.api_tokens),
+            rate_limit_per_token=os.environ.get("RATE_LIMIT_PER_TOKEN", cls.rate_limit_per_token),
+            rate_limit_per_ip=os.environ.get("RATE_LIMIT_PER_IP", cls.rate_limit_per_ip),
+            trusted_proxies=_env_int("TRUSTED_PROXIES", cls.trusted_proxies),
+            dashboard_read_only=_env_bool("DASHBOARD_READ_ONLY", cls.dashboard_read_only),
             scheduler_interval=_env_float("SCHEDULER_INTERVAL", cls.scheduler_interval),
             schedule_timezone=os.environ.get("SCHEDULE_TIMEZONE") or cls.schedule_timezone,
             schedules_file=os.environ.get("SCHEDULES_FILE", cls.schedules_file),

@@ -1,10 +1,18 @@
-"""The worker class: RQ's forking worker, telling followers when a job's status changes."""
+"""The worker class: RQ's forking worker, keeping each failed attempt and telling
+followers when a job's status changes."""
 from __future__ import annotations
+
+import time
 
 from rq import Worker
 
 from . import events
+from .job_view import parse_exception
 from .worker_scheduler import PromptScheduling
+
+#: Failed attempts kept on a job (its retry history); older ones are dropped.
+HISTORY_LIMIT = 25
+TRACEBACK_LIMIT = 20_000
 
 
 class ServiceWorker(PromptScheduling, Worker):
@@ -22,6 +30,24 @@ class ServiceWorker(PromptScheduling, Worker):
         super().handle_job_success(job, *args, **kwargs)
         events.status_changed(self.connection, job)
 
-    def handle_job_failure(self, job, *args, **kwargs):
-        super().handle_job_failure(job, *args, **kwargs)
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        self._record_failure(job, exc_string)
+        super().handle_job_failure(
+            job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
+        )
         events.status_changed(self.connection, job)
+
+    def _record_failure(self, job, exc_string: str) -> None:
+        # RQ keeps a result only for an attempt that ends the job, so a retried
+        # attempt's exception would be lost; keep every one in the job's meta.
+        # Written before RQ requeues the job, so no other worker can be running it.
+        if self._stopped_job_id == job.id:
+            outcome = "stopped"
+        else:
+            outcome = "retried" if job.should_retry else "failed"
+        job.meta = job.get_meta(refresh=True) or {}
+        failures = list(job.meta.get("failures", []))[-(HISTORY_LIMIT - 1):]
+        error = parse_exception(exc_string[-TRACEBACK_LIMIT:]) if exc_string else None
+        failures.append({"outcome": outcome, "at": time.time(), "error": error})
+        job.meta["failures"] = failures
+        job.save_meta()

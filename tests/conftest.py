@@ -6,6 +6,7 @@ test; otherwise they start their own Redis on loopback.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import replace
 
@@ -35,9 +36,20 @@ def connection(redis_url):
     client.close()
 
 
+#: The token the tests' clients send: every scope.
+ADMIN_TOKEN = "test-all-scopes-token-0123456789"
+#: Tokens limited to one scope each, for the access tests.
+SCOPED_TOKENS = {scope: f"test-only-{scope}-token-0123456789" for scope in ("enqueue", "read", "admin")}
+API_TOKENS = ",".join([ADMIN_TOKEN] + [f"{token}:{scope}" for scope, token in SCOPED_TOKENS.items()])
+
+
+def bearer(token: str = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
 def settings(redis_url):
-    return replace(Settings.from_env(), redis_url=redis_url)
+    return replace(Settings.from_env(), redis_url=redis_url, api_tokens=API_TOKENS)
 
 
 @pytest.fixture
@@ -49,6 +61,15 @@ def app(settings, connection):
 
 @pytest.fixture
 def client(app):
+    """A test client that sends the all-scopes token with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = bearer()["Authorization"]
+    return client
+
+
+@pytest.fixture
+def anonymous(app):
+    """A test client that sends no credentials."""
     return app.test_client()
 
 
@@ -72,3 +93,23 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def worker_process(redis_url, tmp_path):
+    """A real `python worker.py` process against the test Redis, for tests that need
+    a job to run while they watch it."""
+    from tests import processes
+
+    with processes.running(
+        [sys.executable, "worker.py"], processes.process_env(redis_url), tmp_path / "worker.log"
+    ) as process:
+        client = Redis.from_url(redis_url)
+        wait_for(lambda: client.scard("rq:workers") > 0, what="the worker to register")
+        client.close()
+        yield process
+
+
+def stored_keys(connection) -> list[bytes]:
+    """Every key in Redis but the rate limiter's counters: what a request wrote."""
+    return [key for key in connection.scan_iter() if not key.startswith(b"LIMITS:")]

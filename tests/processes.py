@@ -11,7 +11,10 @@ from pathlib import Path
 import requests
 
 from service.embedded_redis import free_port
-from tests.conftest import wait_for
+from tests.conftest import ADMIN_TOKEN, API_TOKENS, wait_for
+
+#: Headers for requests to a server started here.
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +24,7 @@ def process_env(redis_url: str, **overrides: str) -> dict[str, str]:
     return {
         **os.environ,
         "REDIS_URL": redis_url,
+        "API_TOKENS": API_TOKENS,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         **overrides,
     }

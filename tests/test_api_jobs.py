@@ -1,3 +1,4 @@
+from tests.conftest import stored_keys
 import json
 import zlib
 
@@ -49,8 +50,9 @@ def test_the_job_goes_to_the_queue_it_names(client, connection):
     assert connection.llen("rq:queue:default") == 0
 
 
-def test_unknown_job_id_is_404_problem(client):
-    response = client.get("/jobs/does-not-exist")
+@pytest.mark.parametrize("job_id", ["does-not-exist", "%3B", "a:b", "rq:job:x"])
+def test_unknown_job_id_is_404_problem(client, job_id):
+    response = client.get(f"/jobs/{job_id}")
     assert response.status_code == 404
     assert response.content_type == "application/problem+json"
     assert "never existed" in response.json["detail"]
@@ -62,7 +64,7 @@ def test_job_names_outside_the_allow_list_are_refused_and_write_nothing(client, 
     assert response.status_code == 404
     assert response.content_type == "application/problem+json"
     assert name in response.json["detail"]
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 @pytest.mark.parametrize(
@@ -79,14 +81,14 @@ def test_wrong_arguments_are_422_naming_the_argument(client, connection, body, a
     assert response.status_code == 422
     assert response.content_type == "application/problem+json"
     assert [e["argument"] for e in response.json["errors"]] == [argument]
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 def test_unknown_queue_is_422(client, connection):
     response = enqueue(client, {"job": "demo.add", "args": [1, 2], "queue": "urgent"})
     assert response.status_code == 422
     assert "urgent" in response.json["detail"]
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 @pytest.mark.parametrize(
@@ -98,21 +100,21 @@ def test_malformed_request_bodies_are_422(client, connection, body):
     assert response.status_code == 422
     assert response.content_type == "application/problem+json"
     assert response.json["errors"]
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 def test_malformed_json_is_400(client, connection):
     response = client.post("/jobs", data="{not json", content_type="application/json")
     assert response.status_code == 400
     assert response.content_type == "application/problem+json"
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 def test_a_body_that_is_not_json_is_415(client, connection):
     response = client.post("/jobs", data="job=demo.add", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415
     assert response.content_type == "application/problem+json"
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 def test_an_oversized_body_is_413(client, connection, settings):
@@ -120,7 +122,7 @@ def test_an_oversized_body_is_413(client, connection, settings):
     response = enqueue(client, {"job": "demo.fail", "kwargs": {"message": padding}})
     assert response.status_code == 413
     assert response.content_type == "application/problem+json"
-    assert connection.dbsize() == 0
+    assert stored_keys(connection) == []
 
 
 def test_queues_show_their_depth(client):

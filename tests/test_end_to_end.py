@@ -20,12 +20,12 @@ def procfile(redis_url, connection, tmp_path):
 
 
 def test_a_job_posted_over_http_runs_on_the_real_worker(procfile):
-    response = requests.post(f"{procfile}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=5)
+    response = requests.post(f"{procfile}/jobs", json={"job": "demo.add", "args": [1, 2]}, headers=processes.AUTH, timeout=5)
     assert response.status_code == 202
     location = procfile + response.headers["Location"]
 
     def finished():
-        job = requests.get(location, timeout=5).json()
+        job = requests.get(location, headers=processes.AUTH, timeout=5).json()
         return job if job["status"] in ("finished", "failed") else None
 
     job = wait_for(finished, timeout=30, what="the job to finish")
@@ -35,9 +35,9 @@ def test_a_job_posted_over_http_runs_on_the_real_worker(procfile):
 
 def test_the_real_scheduler_enqueues_the_declared_cron_job(procfile):
     def ticked():
-        schedule = requests.get(f"{procfile}/schedules/e2e-tick", timeout=5)
+        schedule = requests.get(f"{procfile}/schedules/e2e-tick", headers=processes.AUTH, timeout=5)
         last = schedule.json()["last_run"] if schedule.ok else None
-        job = requests.get(f"{procfile}/jobs/{last['job_id']}", timeout=5).json() if last else None
+        job = requests.get(f"{procfile}/jobs/{last['job_id']}", headers=processes.AUTH, timeout=5).json() if last else None
         return job if job and job["status"] == "finished" else None
 
     job = wait_for(ticked, timeout=30, what="the cron job to run")
@@ -47,8 +47,9 @@ def test_the_real_scheduler_enqueues_the_declared_cron_job(procfile):
 
 
 def test_the_dashboard_serves_queue_data(procfile):
-    requests.post(f"{procfile}/jobs", json={"job": "demo.sleep", "args": [0], "queue": "low"}, timeout=5)
-    page = requests.get(f"{procfile}/rq/", timeout=5)
+    requests.post(f"{procfile}/jobs", json={"job": "demo.sleep", "args": [0], "queue": "low"}, headers=processes.AUTH, timeout=5)
+    assert requests.get(f"{procfile}/rq/", timeout=5).status_code == 401
+    page = requests.get(f"{procfile}/rq/", auth=("admin", processes.ADMIN_TOKEN), timeout=5)
     assert page.status_code == 200
-    queues = requests.get(f"{procfile}/rq/0/data/queues.json", timeout=5).json()["queues"]
+    queues = requests.get(f"{procfile}/rq/0/data/queues.json", headers=processes.AUTH, timeout=5).json()["queues"]
     assert "low" in {q["name"] for q in queues}

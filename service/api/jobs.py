@@ -16,6 +16,7 @@ from .. import job_actions
 from ..events import TERMINAL, Subscription
 from ..job_view import describe
 from ..problems import problem
+from ..auth import requires
 from ..queues import ServiceJob, fetch_job
 from ..registry import InvalidArguments, UnknownJob
 from . import service
@@ -31,9 +32,9 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal[job_actions.STATUSES] | None = None  # type: ignore[valid-type]
-    queue: str | None = Field(None, max_length=100)
+    queue: str | None = Field(None, max_length=100, description="Only jobs of this queue (none match an unknown one).")
     limit: int = Field(20, ge=1, le=100)
-    cursor: str | None = Field(None, max_length=200)
+    cursor: str | None = Field(None, max_length=200, pattern=r"^[0-9]{1,17}(\.[0-9]{1,17})?:[A-Za-z0-9_-]{1,100}$")
 
 
 class WaitQuery(BaseModel):
@@ -43,14 +44,20 @@ class WaitQuery(BaseModel):
 
 
 @bp.post("/jobs")
+@requires("enqueue")
 @bp.input(enqueuing.JobRequest, location="json", arg_name="body")
 @bp.output(JobOut, status_code=202, description="Accepted: the job is queued, scheduled or deferred")
 @bp.doc(
     summary="Enqueue a job",
     responses={
         200: "The job an earlier request with the same Idempotency-Key created",
+        400: "No body, malformed JSON or a bad Idempotency-Key",
         404: "Unknown job name",
         409: "Idempotency-Key reused with another body",
+        429: "Over a rate limit; see Retry-After",
+        503: "The queue is full; see Retry-After",
+        413: "Body larger than MAX_BODY_BYTES",
+        415: "Body not JSON",
         422: "Invalid arguments or options",
     },
 )
@@ -72,6 +79,8 @@ def create_job(body: enqueuing.JobRequest):
         raise problem(422, str(error), errors=[{"field": error.field, "problem": error.problem}]) from None
     except enqueuing.IdempotencyConflict as error:
         raise problem(409, str(error)) from None
+    except enqueuing.QueueFull as error:
+        raise problem(503, f"{error}; try again later.", headers={"Retry-After": "30"}) from None
     location = {"Location": url_for(".get_job", job_id=job.id)}
     return describe(job, service("registry")), (202 if created else 200), location
 
@@ -81,8 +90,6 @@ def create_job(body: enqueuing.JobRequest):
 @bp.output(JobPage)
 @bp.doc(summary="List jobs, newest first")
 def list_jobs(query: ListQuery):
-    if query.queue is not None and query.queue not in service("settings").queues:
-        raise problem(422, f"Unknown queue {query.queue!r}.", errors=[{"field": "queue", "problem": "unknown queue"}])
     try:
         jobs, cursor = job_actions.listing(
             service("redis"), status=query.status, queue=query.queue, limit=query.limit, cursor=query.cursor

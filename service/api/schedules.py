@@ -98,7 +98,15 @@ def get_schedule(name: str):
 @bp.doc(
     summary="Create or replace a run-time schedule",
     description="It survives restarts. A schedule declared in the schedules file cannot be replaced (409).",
-    responses={201: "Created", 404: "Unknown job name", 409: "Declared in the schedules file", 422: "Invalid schedule"},
+    responses={
+        201: "Created",
+        400: "No body, or not valid JSON",
+        404: "Unknown job name",
+        409: "Declared in the schedules file",
+        413: "Body too large",
+        415: "Body not JSON",
+        422: "Invalid schedule",
+    },
 )
 def put_schedule(name: str, body: ScheduleBody):
     try:

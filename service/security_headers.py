@@ -1,0 +1,61 @@
+"""Headers every response carries, and the Content-Security-Policy of each kind of page."""
+from __future__ import annotations
+
+import secrets
+
+from flask import Flask, g, request
+
+#: JSON answers: nothing in them may ever load or run anything.
+API_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+#: Swagger UI at /docs loads its bundle from jsDelivr, as APIFlask configures it.
+DOCS_POLICY = (
+    "default-src 'none'; script-src https://cdn.jsdelivr.net 'unsafe-inline'; "
+    "style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src 'self' data: https://cdn.jsdelivr.net; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def page_policy(nonce: str) -> str:
+    """For pages of our own and the dashboard: scripts only from this origin or
+    carrying this response's nonce, so markup smuggled into a page runs nothing.
+
+    rq-dashboard compiles its Underscore templates with `new Function`, hence
+    'unsafe-eval'; that compiles the dashboard's own templates, never page markup.
+    """
+    return (
+        f"default-src 'self'; script-src 'self' 'nonce-{nonce}' 'unsafe-eval'; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+
+
+def csp_nonce() -> str:
+    """This response's script nonce (templates put it on their inline scripts)."""
+    if "csp_nonce" not in g:
+        g.csp_nonce = secrets.token_urlsafe(16)
+    return g.csp_nonce
+
+
+def install(app: Flask, page_blueprints: frozenset[str]) -> None:
+    app.jinja_env.globals["csp_nonce"] = csp_nonce
+
+    @app.after_request
+    def add_headers(response):
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+        headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        if request.is_secure:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        if request.endpoint == "openapi.docs":
+            policy = DOCS_POLICY
+        elif request.blueprint in page_blueprints:
+            policy = page_policy(csp_nonce())
+        else:
+            policy = API_POLICY
+        headers.setdefault("Content-Security-Policy", policy)
+        return response

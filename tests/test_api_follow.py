@@ -1,0 +1,91 @@
+"""Following a job: its detail, long polls and Server-Sent Events, with a real worker."""
+import json
+
+from tests.conftest import wait_for
+
+
+def post(client, body):
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 202, response.json
+    return response.json["id"]
+
+
+def read_events(response) -> list[tuple[str, dict]]:
+    """Parse a whole text/event-stream body into (event, data) pairs."""
+    events = []
+    for block in b"".join(response.response).decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
+        if "event" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def test_a_queued_job_shows_its_position(client):
+    ids = [post(client, {"job": "demo.add", "args": [i, i]}) for i in range(3)]
+    assert [client.get(f"/jobs/{job_id}").json["position"] for job_id in ids] == [0, 1, 2]
+
+
+def test_progress_is_visible_in_the_job(client, work):
+    job_id = post(client, {"job": "demo.steps", "kwargs": {"count": 4}})
+    work()
+    job = client.get(f"/jobs/{job_id}").json
+    assert job["progress"]["done"] == 4
+    assert job["progress"]["total"] == 4
+    assert job["progress"]["percent"] == 100.0
+    assert job["progress"]["message"] == "step 4 of 4"
+
+
+def test_long_poll_answers_when_the_job_ends(client, worker_process):
+    job_id = post(client, {"job": "demo.sleep", "args": [0.3]})
+    job = client.get(f"/jobs/{job_id}?wait=30").json
+    assert job["status"] == "finished"
+
+
+def test_long_poll_answers_with_the_current_state_when_time_is_up(client):
+    job_id = post(client, {"job": "demo.add", "args": [1, 2]})  # no worker runs: stays queued
+    job = client.get(f"/jobs/{job_id}?wait=0.2").json
+    assert job["status"] == "queued"
+
+
+def test_bad_wait_is_422(client):
+    job_id = post(client, {"job": "demo.add", "args": [1, 2]})
+    for wait in ("-1", "61", "soon"):
+        assert client.get(f"/jobs/{job_id}?wait={wait}").status_code == 422
+
+
+def test_events_stream_status_changes_and_progress_until_the_job_ends(client, worker_process):
+    job_id = post(client, {"job": "demo.steps", "kwargs": {"count": 3, "pause": 0.05}})
+    response = client.get(f"/jobs/{job_id}/events")
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    events = read_events(response)  # returns once the server closes the stream
+    statuses = [data["status"] for kind, data in events if kind == "status"]
+    assert statuses[-1] == "finished"
+    assert "started" in statuses
+    assert [data["done"] for kind, data in events if kind == "progress"] == [1, 2, 3]
+    assert events[-1][1]["result"] == 3
+
+
+def test_events_of_an_ended_job_close_after_one_status(client, work):
+    job_id = post(client, {"job": "demo.add", "args": [1, 2]})
+    work()
+    events = read_events(client.get(f"/jobs/{job_id}/events"))
+    assert [(kind, data["status"]) for kind, data in events] == [("status", "finished")]
+
+
+def test_events_of_an_unknown_job_are_404(client):
+    response = client.get("/jobs/nope/events")
+    assert response.status_code == 404
+    assert response.content_type == "application/problem+json"
+
+
+def test_a_running_job_can_be_stopped(client, worker_process):
+    job_id = post(client, {"job": "demo.sleep", "args": [60]})
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json["status"] == "started", what="the job to start")
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.json == {"id": job_id, "status": "stopping"}
+    job = client.get(f"/jobs/{job_id}?wait=30").json
+    assert job["status"] == "stopped"
+    retried = client.post(f"/jobs/{job_id}/retry")
+    assert retried.status_code == 202
+    assert retried.json["status"] == "queued"

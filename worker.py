@@ -16,7 +16,7 @@ from service.workers import ServiceWorker
 def build_worker(settings: Settings, **options) -> ServiceWorker:
     connection = connect(settings)
     queues = [ServiceQueue(name, connection=connection) for name in settings.queues]
-    return ServiceWorker(
+    worker = ServiceWorker(
         queues,
         connection=connection,
         job_class=ServiceJob,
@@ -24,6 +24,8 @@ def build_worker(settings: Settings, **options) -> ServiceWorker:
         serializer=JSONSerializer,
         **options,
     )
+    worker.scheduler_poll = settings.scheduler_interval
+    return worker
 
 
 def main() -> None:

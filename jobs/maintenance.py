@@ -93,7 +93,7 @@ def _remove_old_jobs(
             candidates.update(registry.get_job_ids())
     # The index is scored by creation time: nothing created after the cutoff can have ended before it.
     candidates.update(m.decode() for m in connection.zrangebyscore(JOB_INDEX_KEY, "-inf", cutoff.timestamp()))
-    # Each cron schedule is one job record that rq-scheduler re-enqueues; it must stay.
+    # A schedule keeps a template job record in the scheduled set; it must stay.
     keep = {m.decode() for m in connection.zrange(Scheduler.scheduled_jobs_key, 0, -1)}
     current = get_current_job()
     if current is not None:

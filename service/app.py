@@ -8,15 +8,15 @@ from werkzeug.exceptions import BadRequest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, cli, csrf, dashboard, problems, rate_limits, security_headers
-from .api import artifacts, health, jobs, queues, ui
+from .api import artifacts, health, jobs, queues, schedules, ui
 from .connection import connect
 from .queues import job_registry
 from .registry import JobRegistry
 from .settings import Settings
 
 #: Blueprints whose write requests must carry JSON, and endpoints that need a body.
-_JSON_API = {"jobs"}
-_BODY_REQUIRED = {"jobs.create_job"}
+_JSON_API = {"jobs", "schedules"}
+_BODY_REQUIRED = {"jobs.create_job", "schedules.put_schedule"}
 #: Blueprints that serve pages to browsers (they get a script-nonce CSP).
 _PAGES = frozenset({dashboard.BLUEPRINT})
 
@@ -82,6 +82,7 @@ def create_app(
     app.register_blueprint(queues.bp)
     app.register_blueprint(artifacts.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(schedules.bp)
     dashboard.mount(app, settings)
     rate_limits.install(app, settings, connection, registry)
     app.cli.add_command(cli.jobs)

@@ -90,7 +90,8 @@ class Settings:
     trusted_proxies: int = 0
     #: The dashboard shows but changes nothing.
     dashboard_read_only: bool = False
-    #: How often rq-scheduler looks for due jobs, in seconds.
+    #: Longest sleep of a scheduler (cron, or the worker's for jobs given a time)
+    #: between looks for due jobs, in seconds; it wakes earlier when one is due.
     scheduler_interval: float = 1.0
     #: Time zone that cron expressions are read in unless a schedule names one.
     schedule_timezone: str = "UTC"
@@ -123,7 +124,7 @@ class Settings:
             trusted_proxies=_env_int("TRUSTED_PROXIES", cls.trusted_proxies),
             dashboard_read_only=_env_bool("DASHBOARD_READ_ONLY", cls.dashboard_read_only),
             scheduler_interval=_env_float("SCHEDULER_INTERVAL", cls.scheduler_interval),
-            schedule_timezone=os.environ.get("SCHEDULE_TIMEZONE", cls.schedule_timezone),
+            schedule_timezone=os.environ.get("SCHEDULE_TIMEZONE") or cls.schedule_timezone,
             schedules_file=os.environ.get("SCHEDULES_FILE", cls.schedules_file),
             port=_env_int("PORT", cls.port),
             webhook_secret=os.environ.get("WEBHOOK_SECRET", cls.webhook_secret),

@@ -8,14 +8,19 @@ from rq import Worker
 
 from . import events, webhooks
 from .job_view import parse_exception
+from .worker_scheduler import PromptScheduling
 
 #: Failed attempts kept on a job (its retry history); older ones are dropped.
 HISTORY_LIMIT = 25
 TRACEBACK_LIMIT = 20_000
 
 
-class ServiceWorker(Worker):
-    """Publishes `started`, `finished`, `failed`, retry and stop transitions of each job."""
+class ServiceWorker(PromptScheduling, Worker):
+    """Publishes `started`, `finished`, `failed`, retry and stop transitions of each job.
+
+    Its scheduler (with_scheduler=True) enqueues jobs given a time or a delay
+    when they are due, not up to a second later (`service.worker_scheduler`).
+    """
 
     def prepare_job_execution(self, job, *args, **kwargs):
         super().prepare_job_execution(job, *args, **kwargs)

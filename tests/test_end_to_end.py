@@ -35,10 +35,13 @@ def test_a_job_posted_over_http_runs_on_the_real_worker(procfile):
 
 def test_the_real_scheduler_enqueues_the_declared_cron_job(procfile):
     def ticked():
-        job = requests.get(f"{procfile}/jobs/schedule-e2e-tick", headers=processes.AUTH, timeout=5)
-        return job.json() if job.ok and job.json()["status"] == "finished" else None
+        schedule = requests.get(f"{procfile}/schedules/e2e-tick", headers=processes.AUTH, timeout=5)
+        last = schedule.json()["last_run"] if schedule.ok else None
+        job = requests.get(f"{procfile}/jobs/{last['job_id']}", headers=processes.AUTH, timeout=5).json() if last else None
+        return job if job and job["status"] == "finished" else None
 
     job = wait_for(ticked, timeout=30, what="the cron job to run")
+    assert job["id"].startswith("schedule-e2e-tick-")
     assert job["job"] == "demo.add"
     assert job["result"] == 42
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from rq_scheduler import Scheduler
 
 from jobs import maintenance
 from service import job_index, schedules
+from service.schedules import store
 from service.queues import job_registry
 
 
@@ -96,26 +96,24 @@ def test_a_dry_run_reports_and_removes_nothing(client, work, history, clock):
 
 
 def test_cron_schedules_are_kept(client, work, clock, connection, settings):
-    scheduler = schedules.make_scheduler(connection, settings)
     often = schedules.Schedule("often", "demo.add", "* * * * *", args=[1, 1])
-    schedules.register(scheduler, [often], registry=job_registry(), settings=settings)
-    [job] = scheduler.get_jobs()
-    scheduler.enqueue_job(job)  # a tick
+    schedules.sync(connection, [often], registry=job_registry(), settings=settings, now=datetime.now(timezone.utc))
+    ran = client.post("/schedules/often/run").json  # one tick, now
     work()
-    assert client.get("/jobs/schedule-often").json["status"] == "finished"
+    assert client.get(f"/jobs/{ran['id']}").json["status"] == "finished"
     clock(days=40)
     run_cleanup(client, work)
-    assert exists(client, "schedule-often")
-    assert [job.id for job in scheduler.get_jobs()] == ["schedule-often"]
+    assert client.get("/schedules/often").status_code == 200
+    assert connection.exists(store.template_key("often"))
+    assert not exists(client, ran["id"])  # the old tick's record goes, the schedule stays
 
 
 def test_the_nightly_clean_up_is_declared_at_three(settings, connection):
     [nightly] = [s for s in schedules.load() if s.job == "maintenance.cleanup"]
     assert nightly.cron == "0 3 * * *"
-    scheduler = Scheduler(connection=connection)
-    schedules.register(schedules.make_scheduler(connection, settings), [nightly], registry=job_registry(), settings=settings)
-    [job] = scheduler.get_jobs()
-    assert job.id == f"schedule-{nightly.name}" and job.origin == "low"
+    schedules.sync(connection, [nightly], registry=job_registry(), settings=settings, now=datetime.now(timezone.utc))
+    [stored] = store.all_schedules(connection)
+    assert stored.name == nightly.name
 
 
 def test_retention_must_be_positive(client):

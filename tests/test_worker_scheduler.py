@@ -1,0 +1,52 @@
+"""The worker's scheduler: jobs given a time are enqueued when due, not up to a second later."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+from rq.serializers import JSONSerializer
+
+from service.queues import ServiceQueue, fetch_job
+from service.worker_scheduler import PromptRQScheduler
+from tests.conftest import wait_for
+from worker import build_worker
+
+
+def test_it_sleeps_until_the_earliest_job_is_due(connection):
+    queue = ServiceQueue("default", connection=connection)
+    scheduler = PromptRQScheduler(["default"], connection=connection, serializer=JSONSerializer, poll=5.0)
+    scheduler.prepare_registries(["default"])
+    assert scheduler.seconds_until_due() == 5.0
+    due = math.ceil(time.time()) + 2
+    queue.enqueue_at(datetime.fromtimestamp(due, timezone.utc), "jobs.demo.add", 1, 2)
+    assert 1.0 < scheduler.seconds_until_due() <= 3.0  # not the 5 s poll
+
+
+def test_a_job_given_a_time_is_enqueued_within_a_fraction_of_a_second(connection):
+    queue = ServiceQueue("default", connection=connection)
+    due = math.ceil(time.time()) + 2
+    job = queue.enqueue_at(datetime.fromtimestamp(due, timezone.utc), "jobs.demo.add", 1, 2)
+    scheduler = PromptRQScheduler(["default"], connection=connection, serializer=JSONSerializer, poll=1.0)
+    scheduler.acquire_locks()
+    process = scheduler.start()
+    try:
+        wait_for(lambda: fetch_job(job.id, connection).get_status().value == "queued", timeout=10, what="the job to be enqueued")
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.join(10)
+    lateness = fetch_job(job.id, connection).enqueued_at.replace(tzinfo=timezone.utc).timestamp() - due
+    # RQ's own scheduler sleeps a second after each look: 0 to 1 s late.
+    assert 0 <= lateness < 0.5
+
+
+def test_the_service_worker_runs_it(connection, settings):
+    queue = ServiceQueue("default", connection=connection)
+    job = queue.enqueue_at(datetime.now(timezone.utc) - timedelta(seconds=1), "jobs.demo.add", 1, 2)
+    worker = build_worker(settings)
+    worker._start_scheduler(burst=True)
+    assert isinstance(worker.scheduler, PromptRQScheduler)
+    assert worker.scheduler.poll == settings.scheduler_interval
+    assert fetch_job(job.id, connection).get_status().value == "queued"

@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import logging
 
-from service import schedules
+from service import logs, redis_checks, schedules
 from service.connection import connect
 from service.queues import job_registry
 from service.settings import Settings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(levelname)s %(message)s")
     settings = Settings.from_env()
+    logs.setup("scheduler", settings)
     connection = connect(settings)
+    redis_checks.startup(connection, settings)  # waits for Redis; refuses an evicting one
     scheduler = schedules.make_scheduler(connection, settings)
     declared = schedules.load(settings.schedules_file or None)
     schedules.register(scheduler, declared, registry=job_registry(), settings=settings)
     logging.info("registered %d declared schedule(s): %s", len(declared), ", ".join(s.name for s in declared))
-    scheduler.run()
+    # rq-scheduler's loop ends on the first Redis error: run a fresh one once Redis is back.
+    redis_checks.keep_running(lambda: schedules.make_scheduler(connection, settings).run(), connection)
 
 
 if __name__ == "__main__":

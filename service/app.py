@@ -7,7 +7,7 @@ from redis import Redis
 from werkzeug.exceptions import BadRequest
 
 from . import dashboard, problems
-from .api import health, jobs, queues
+from .api import health, jobs, ops, queues
 from .connection import connect
 from .queues import job_registry
 from .registry import JobRegistry
@@ -55,5 +55,6 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(queues.bp)
+    ops.init_app(app)  # /ready, /metrics, 503 when Redis fails, request logs
     dashboard.mount(app, settings)
     return app

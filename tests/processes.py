@@ -50,6 +50,11 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> None:
         process.wait()
 
 
+def session() -> requests.Session:
+    """A client for the service's HTTP API (where credentials, once required, go)."""
+    return requests.Session()
+
+
 @contextlib.contextmanager
 def procfile(redis_url: str, tmp_path: Path, **env_overrides: str):
     """Every Procfile process under honcho against `redis_url`; yields the API's base URL."""

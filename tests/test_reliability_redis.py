@@ -5,7 +5,6 @@ real processes (gunicorn, worker.py, scheduler.py) against it.
 """
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import threading
@@ -263,3 +262,25 @@ def test_the_web_refuses_a_redis_that_evicts_keys(own_redis, own_settings):
     own_redis.client().config_set("maxmemory-policy", "volatile-lru")
     with pytest.raises(SystemExit, match="maxmemory-policy=volatile-lru"):
         create_app(own_settings)
+
+
+def test_a_hung_redis_gets_503s_within_2_seconds_too(own_redis, tmp_path):
+    """Redis that accepts connections but never answers (stopped, or a network black hole)."""
+    import signal
+
+    session = processes.session()
+    with chaos.web(own_redis.url, tmp_path / "web.log") as base:
+        assert session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10).status_code == 202
+        own_redis.server.process.send_signal(signal.SIGSTOP)
+        slowest = 0.0
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                response = session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10)
+                slowest = max(slowest, time.monotonic() - started)
+                assert response.status_code == 503 and slowest < 2, (response.status_code, slowest)
+        finally:
+            own_redis.server.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10)
+                 .status_code == 202, timeout=10, what="the API to accept jobs again")
+    print(f"\nslowest answer while hung: {slowest:.3f}s")

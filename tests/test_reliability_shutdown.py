@@ -84,7 +84,7 @@ def _restart_many_times(connection, settings, redis_url, tmp_path, *, restarts, 
     # The deploy is over: the jobs left run to the end.
     with chaos.worker(redis_url, tmp_path / "after-1.log"), chaos.worker(redis_url, tmp_path / "after-2.log"):
         wait_for(lambda: set(chaos.statuses(connection, list(duration)).values()) == {"finished"},
-                 timeout=120, interval=0.2, what="every job to finish after the restarts")
+                 timeout=120 + 30 * medium, interval=0.2, what="every job to finish after the restarts")
     runs = records.runs()
     interruptions = sum(chaos.meta(connection, job_id).get("interrupted", {}).get("count", 0) for job_id in duration)
     print(f"\nrestarts={restarts} finished-in-grace={outcomes['finished']} requeued={outcomes['requeued']} "

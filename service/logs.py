@@ -30,20 +30,23 @@ def setup(process: str, settings: Settings) -> None:
         if settings.log_format == "text":
             handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s %(message)s"))
         else:
-            handler.setFormatter(
-                JsonFormatter(
-                    "{levelname}{name}{message}",
-                    style="{",
-                    rename_fields={"levelname": "level", "name": "logger"},
-                    static_fields={"process": process},
-                    timestamp="time",
-                )
-            )
+            handler.setFormatter(json_formatter(process))
         root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     # RQ's own lines repeat the events below without ids; keep its warnings.
     for name in ("rq.worker", "rq.job", "rq.queue", "rq.scheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def json_formatter(process: str) -> logging.Formatter:
+    """The JSON formatter of every log line; `process` is web, worker or scheduler."""
+    return JsonFormatter(
+        "{levelname}{name}{message}",
+        style="{",
+        rename_fields={"levelname": "level", "name": "logger"},
+        static_fields={"process": process},
+        timestamp="time",
+    )
 
 
 def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, exc_info=None, **fields: Any) -> None:

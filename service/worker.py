@@ -191,6 +191,7 @@ class ReliableWorker(Worker):
             execution = self._claim(job)
             if execution is None:
                 return
+            self._jobs_done += 1
             self.fork_work_horse(job, queue)
             self.monitor_work_horse(job, queue, execution)
         except RedisError as error:
@@ -199,7 +200,6 @@ class ReliableWorker(Worker):
             self._redis_trouble(error)
         finally:
             self._set_state_safely(WorkerStatus.IDLE)
-            self._jobs_done += 1
             self._check_recycle()
 
     # -- in the work-horse ----------------------------------------------------

@@ -60,6 +60,8 @@ _NOT_RUNNABLE = {
 
 
 class ReliableWorker(Worker):
+    """RQ's forking worker, taking jobs atomically, recovering others', stopping without losing one."""
+
     def __init__(self, queues, *, settings: Settings, **kwargs):
         # Read by RQ's __init__ (connection_timeout), so set first.
         self.settings = settings

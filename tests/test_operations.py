@@ -211,3 +211,15 @@ def test_the_worker_process_recycles_itself(redis_url, connection, settings, tmp
     assert {e["pid"] for e in started} == {worker.pid}, "recycled in place: same process id, fresh interpreter"
     assert len({e["worker"] for e in started}) == len(started) >= recycles
     assert chaos.Records(connection, token).runs() == {job_id: 1 for job_id in job_ids}
+
+
+def test_an_unreadable_job_record_fails_with_its_reason_and_the_worker_goes_on(client, connection, work):
+    connection.hset("rq:job:garbled", mapping={"data": b"not zlib, not json", "status": "queued", "origin": "default",
+                                               "created_at": "2026-01-01T00:00:00.000000Z"})
+    connection.rpush("rq:queue:default", "garbled")
+    good = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    work()
+    assert client.get(f"/jobs/{good}").json["status"] == "finished"
+    assert connection.hget("rq:job:garbled", "status") == b"failed"
+    assert connection.zscore("rq:failed:default", "garbled") is not None
+    assert not list(connection.scan_iter("rq:svc:dequeued:*"))

@@ -70,7 +70,7 @@ def procfile(redis_url: str, tmp_path: Path, **env_overrides: str):
         def up():
             try:
                 return requests.get(f"{base}/health", timeout=1).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still booting
                 assert honcho.poll() is None, log_path.read_text()
                 return False
 

@@ -13,3 +13,15 @@ control_socket_disable = True
 # thread, not a whole worker process.
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+
+# gunicorn's own lines (boot, worker exits) as JSON, like the rest of the logs.
+if os.environ.get("LOG_FORMAT", "json") == "json":
+    logconfig_dict = {
+        "formatters": {"generic": {"()": "service.logs.json_formatter", "process": "web"}},
+        # The app adds its own handler to the root logger (service.logs): one line each.
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        },
+    }

@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from service import schedules
+from service import logs, redis_checks, schedules
 from service.connection import connect
 from service.queues import job_registry
 from service.settings import Settings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(levelname)s %(message)s")
     settings = Settings.from_env()
+    logs.setup("scheduler", settings)
     connection = connect(settings)
+    redis_checks.startup(connection, settings)  # waits for Redis; refuses an evicting one
     try:
         declared = schedules.load(settings.schedules_file or None)
         report = schedules.sync(
@@ -27,7 +28,8 @@ def main() -> None:
     except schedules.InvalidSchedule as error:
         raise SystemExit(f"scheduler: declared schedules not loaded, nothing changed: {error.problem}") from None
     logging.info("declared schedules: %s", report)
-    schedules.make_scheduler(connection, settings).run()
+    # The scheduler's loop ends on the first Redis error: run a fresh one once Redis is back.
+    redis_checks.keep_running(lambda: schedules.make_scheduler(connection, settings).run(), connection)
 
 
 if __name__ == "__main__":

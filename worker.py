@@ -1,37 +1,29 @@
 """The worker process: `python worker.py`.
 
-Runs an RQ worker over the queues in `RQ_QUEUES` (highest priority first), with
-RQ's own scheduler for jobs enqueued with a delay or a time.
+Runs the service's worker (`service.worker`) over the queues in `RQ_QUEUES`,
+highest priority first, with RQ's scheduler for retries and delayed jobs. It
+survives Redis outages, stops gracefully on SIGTERM, and restarts itself after
+WORKER_MAX_JOBS jobs or WORKER_MAX_MEMORY_MB.
 """
 from __future__ import annotations
 
-from rq.serializers import JSONSerializer
-
-from service.connection import connect
-from service.queues import ServiceJob, ServiceQueue, job_registry
+from service import logs
+from service.queues import job_registry
 from service.settings import Settings
-from service.workers import ServiceWorker
+from service.worker import ReliableWorker
+from service.worker import build_worker as _build_worker
+from service.worker import run
 
 
-def build_worker(settings: Settings, **options) -> ServiceWorker:
-    connection = connect(settings)
-    queues = [ServiceQueue(name, connection=connection) for name in settings.queues]
-    worker = ServiceWorker(
-        queues,
-        connection=connection,
-        job_class=ServiceJob,
-        queue_class=ServiceQueue,
-        serializer=JSONSerializer,
-        **options,
-    )
-    worker.scheduler_poll = settings.scheduler_interval
-    return worker
+def build_worker(settings: Settings, **options) -> ReliableWorker:
+    return _build_worker(settings, **options)
 
 
 def main() -> None:
     settings = Settings.from_env()
+    logs.setup("worker", settings)
     job_registry()  # import every job module before forking, once
-    build_worker(settings).work(with_scheduler=True)
+    run(settings)
 
 
 if __name__ == "__main__":

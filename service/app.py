@@ -8,7 +8,7 @@ from werkzeug.exceptions import BadRequest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, cli, csrf, dashboard, problems, rate_limits, security_headers
-from .api import artifacts, health, jobs, queues, schedules, ui
+from .api import artifacts, health, jobs, ops, queues, schedules, ui
 from .connection import connect
 from .queues import job_registry
 from .registry import JobRegistry
@@ -83,6 +83,7 @@ def create_app(
     app.register_blueprint(artifacts.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(schedules.bp)
+    ops.init_app(app)  # /ready, /metrics, 503 when Redis fails, request logs
     dashboard.mount(app, settings)
     rate_limits.install(app, settings, connection, registry)
     app.cli.add_command(cli.jobs)

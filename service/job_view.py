@@ -50,8 +50,13 @@ def describe(job: ServiceJob, registry: JobRegistry, *, detail: bool = True) -> 
         history.append({"outcome": "finished", "at": view["ended_at"]})
     view["attempts"] = len(history) + (1 if status == "started" else 0)
     view["history"] = history
-    if status in ("failed", "stopped") and history and history[-1].get("error"):
-        view["error"] = history[-1]["error"]
+    if status in ("failed", "stopped"):
+        if history and history[-1].get("error"):
+            view["error"] = history[-1]["error"]
+        else:  # failed outside a worker's hands (recovery gave up on it): RQ's own result
+            latest = job.latest_result()
+            if latest is not None and latest.exc_string:
+                view["error"] = parse_exception(latest.exc_string)
     if status == "queued":
         view["position"] = job.get_position()
     if status == "scheduled":

@@ -55,6 +55,13 @@ def document_errors(spec: dict) -> dict:
     for path in spec.get("paths", {}).values():
         for operation in path.values():
             for status, response in operation.get("responses", {}).items():
-                if str(status)[0] in "45":
+                # An error documented with a body of its own (/ready's report) keeps it.
+                if str(status)[0] in "45" and not _own_body(response):
                     response["content"] = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     return spec
+
+
+def _own_body(response: dict) -> bool:
+    content = response.get("content") or {}
+    schema = (content.get("application/json") or {}).get("schema") or {}
+    return bool(content) and "$ref" not in schema

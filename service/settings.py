@@ -106,6 +106,36 @@ class Settings:
     #: Seconds a webhook receiver has to answer.
     webhook_timeout: float = 10.0
 
+    # --- Reliability (see README, "Reliability") ---
+    #: Seconds to connect to Redis or wait for a reply; the web answers 503
+    #: within about this long when Redis is unreachable.
+    redis_timeout: float = 1.0
+    #: Run on a Redis whose maxmemory-policy may evict keys (i.e. delete jobs).
+    redis_allow_eviction: bool = False
+    #: Seconds between a worker's heartbeats, idle or busy.
+    worker_heartbeat_interval: int = 5
+    #: Seconds without a heartbeat after which a worker counts as dead and the
+    #: jobs it held are recovered.
+    orphan_timeout: int = 30
+    #: Seconds between a worker's looks for jobs held by dead workers.
+    recovery_interval: float = 10.0
+    #: Times a job may lose its worker (killed, crashed) before it is failed
+    #: instead of requeued, so a job that kills its worker cannot loop forever.
+    job_max_abandons: int = 3
+    #: Seconds a worker lets its running job finish after SIGTERM before it
+    #: stops the job and puts it back on its queue (Heroku sends SIGKILL at 30 s).
+    shutdown_grace: float = 25.0
+    #: Seconds an idle worker blocks on its first queue before looking at the others.
+    dequeue_poll_interval: float = 0.25
+    #: Restart the worker process after this many jobs (0: never).
+    worker_max_jobs: int = 0
+    #: Restart the worker process once it uses more than this many MiB (0: never).
+    worker_max_memory_mb: int = 0
+    #: `json` (one JSON object a line) or `text`.
+    log_format: str = "json"
+    #: Level of the service's own log events.
+    log_level: str = "INFO"
+
     @classmethod
     def from_env(cls) -> "Settings":
         return cls(
@@ -130,4 +160,17 @@ class Settings:
             webhook_secret=os.environ.get("WEBHOOK_SECRET", cls.webhook_secret),
             webhook_backoff=_env_seconds("WEBHOOK_BACKOFF", cls.webhook_backoff),
             webhook_timeout=_env_float("WEBHOOK_TIMEOUT", cls.webhook_timeout),
+            # Reliability
+            redis_timeout=_env_float("REDIS_TIMEOUT", cls.redis_timeout),
+            redis_allow_eviction=_env_bool("REDIS_ALLOW_EVICTION", cls.redis_allow_eviction),
+            worker_heartbeat_interval=_env_int("WORKER_HEARTBEAT_INTERVAL", cls.worker_heartbeat_interval),
+            orphan_timeout=_env_int("ORPHAN_TIMEOUT", cls.orphan_timeout),
+            recovery_interval=_env_float("RECOVERY_INTERVAL", cls.recovery_interval),
+            job_max_abandons=_env_int("JOB_MAX_ABANDONS", cls.job_max_abandons),
+            shutdown_grace=_env_float("SHUTDOWN_GRACE", cls.shutdown_grace),
+            dequeue_poll_interval=_env_float("DEQUEUE_POLL_INTERVAL", cls.dequeue_poll_interval),
+            worker_max_jobs=_env_int("WORKER_MAX_JOBS", cls.worker_max_jobs),
+            worker_max_memory_mb=_env_int("WORKER_MAX_MEMORY_MB", cls.worker_max_memory_mb),
+            log_format=os.environ.get("LOG_FORMAT", cls.log_format),
+            log_level=os.environ.get("LOG_LEVEL", cls.log_level),
         )

@@ -156,3 +156,7 @@ def http_server():
 
     with HttpServer() as server:
         yield server
+
+
+# The browser fixtures, defined once for the whole session (one Playwright per process).
+from tests.browser import browser, page  # noqa: E402,F401

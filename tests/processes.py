@@ -54,6 +54,13 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> None:
         process.wait()
 
 
+def session() -> requests.Session:
+    """A client for the service's HTTP API, sending the all-scopes test token."""
+    client = requests.Session()
+    client.headers.update(AUTH)
+    return client
+
+
 @contextlib.contextmanager
 def procfile(redis_url: str, tmp_path: Path, **env_overrides: str):
     """Every Procfile process under honcho against `redis_url`; yields the API's base URL."""

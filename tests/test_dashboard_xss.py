@@ -5,7 +5,6 @@ import pytest
 import requests
 
 from tests import processes
-from tests.browser import browser  # noqa: F401 - pytest fixture
 from tests.conftest import ADMIN_TOKEN, wait_for
 
 PAYLOADS = [
@@ -20,7 +19,7 @@ def live(redis_url, connection, tmp_path):
         yield base
 
 
-def test_script_in_arguments_and_exceptions_runs_nothing_in_the_dashboard(browser, live):  # noqa: F811
+def test_script_in_arguments_and_exceptions_runs_nothing_in_the_dashboard(browser, live):
     payload = " ".join(PAYLOADS)
     post = lambda body: requests.post(f"{live}/jobs", json=body, headers=processes.AUTH, timeout=5).json()["id"]  # noqa: E731
     failed = post({"job": "demo.fail", "kwargs": {"message": payload}, "retry": {"max": 0}, "description": payload})

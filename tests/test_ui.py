@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from tests import processes
-from tests.browser import browser, page  # noqa: F401 - pytest fixtures
 from tests.servers import smtp_server
 
 
@@ -43,7 +42,7 @@ RECORD_BAR = """() => {
 }"""
 
 
-def test_a_report_runs_live_in_the_browser_then_goes_out_by_email(page, live, smtp, tmp_path):  # noqa: F811
+def test_a_report_runs_live_in_the_browser_then_goes_out_by_email(page, live, smtp, tmp_path):
     page.goto(live + "/ui")
     assert page.title() == "RQ Job Service"
     page.click("#settings summary")

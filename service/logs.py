@@ -1,0 +1,73 @@
+"""Structured logs: one JSON object a line, from every process.
+
+Each line carries `time`, `level`, `process` (web, worker, scheduler), `logger`
+and `message`; the service's own events add `event` (`job.finished`, ...) and,
+for a job, `job_id` and `job` (its name, `demo.add`). `LOG_FORMAT=text` gives
+plain lines instead, for reading in a terminal.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from .settings import Settings
+
+_HANDLER_NAME = "jobservice"
+
+
+def setup(process: str, settings: Settings) -> None:
+    """Send every log record of this process to stderr, formatted once.
+
+    Idempotent, and it leaves other handlers (a test runner's) alone.
+    """
+    root = logging.getLogger()
+    if not any(handler.get_name() == _HANDLER_NAME for handler in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(_HANDLER_NAME)
+        if settings.log_format == "text":
+            handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s %(message)s"))
+        else:
+            handler.setFormatter(json_formatter(process))
+        root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    # RQ's own lines repeat the events below without ids; keep its warnings.
+    for name in ("rq.worker", "rq.job", "rq.queue", "rq.scheduler"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def json_formatter(process: str) -> logging.Formatter:
+    """The JSON formatter of every log line; `process` is web, worker or scheduler."""
+    return JsonFormatter(
+        "{levelname}{name}{message}",
+        style="{",
+        rename_fields={"levelname": "level", "name": "logger"},
+        static_fields={"process": process},
+        timestamp="time",
+    )
+
+
+def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, exc_info=None, **fields: Any) -> None:
+    """Log the event `name` (`job.finished`) with `fields` as JSON members."""
+    message = name
+    if "job_id" in fields:
+        message = f"{name} {fields.get('job') or ''} {fields['job_id']}".replace("  ", " ")
+    logger.log(level, message, extra={"event": name, **fields}, exc_info=exc_info)
+
+
+def job_fields(job) -> dict[str, Any]:
+    """`job_id`, `job` (the allow-listed name) and `queue` of an RQ job."""
+    return {"job_id": job.id, "job": job_name(job), "queue": job.origin}
+
+
+def job_name(job) -> str:
+    """The allow-listed name of `job` (`demo.add`); `unknown` for a record outside it."""
+    from .queues import job_registry
+
+    try:
+        spec = job_registry().by_path(job.func_name)
+    except Exception:  # a record that does not deserialize
+        return "unknown"
+    return spec.name if spec else "unknown"

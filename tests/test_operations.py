@@ -1,0 +1,228 @@
+"""Operating the service: /ready, /metrics, structured logs, recovery sweeps, recycling workers."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from tests.conftest import bearer
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import recovery
+from service.embedded_redis import free_port
+from service.queues import ServiceJob, ServiceQueue
+from service.schedules import make_scheduler
+from service.worker import build_worker
+from tests import chaos
+from tests.conftest import wait_for
+
+
+def _metrics(client) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_health_answers_without_redis(settings):
+    from service import create_app
+
+    app = create_app(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    assert app.test_client().get("/health").json == {"status": "ok"}
+
+
+def test_ready_reports_each_part(client, settings, connection):
+    answer = client.get("/ready")
+    assert answer.status_code == 503
+    checks = answer.json["checks"]
+    assert checks["redis"]["ok"] and checks["eviction_policy"] == {"ok": True, "policy": "noeviction"}
+    assert checks["workers"]["ok"] is False and checks["workers"]["fresh"] == 0
+    assert checks["scheduler"]["ok"] is False
+
+    worker = build_worker(settings)
+    worker.register_birth()
+    scheduler = make_scheduler(connection, settings)
+    scheduler.register_birth()
+    answer = client.get("/ready")
+    assert answer.status_code == 200, answer.json
+    assert answer.json["status"] == "ready"
+    assert answer.json["checks"]["workers"]["fresh"] == 1
+    assert answer.json["checks"]["scheduler"] == {"ok": True, "alive": 1}
+
+    scheduler.register_death()
+    worker.register_death()
+    assert client.get("/ready").status_code == 503
+
+
+def test_a_worker_without_a_recent_heartbeat_does_not_count_as_ready(client, settings, connection):
+    worker = build_worker(settings)
+    worker.register_birth()
+    make_scheduler(connection, settings).register_birth()
+    stale = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() - settings.orphan_timeout - 5))
+    connection.hset(worker.key, "last_heartbeat", stale)
+    checks = client.get("/ready").json["checks"]
+    assert checks["workers"] == {**checks["workers"], "ok": False, "fresh": 0, "registered": 1}
+
+
+def test_without_redis_the_api_answers_503_within_2_seconds(settings):
+    from service import create_app
+
+    app = create_app(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = bearer()["Authorization"]
+    for method, path, body in (("post", "/jobs", {"job": "demo.add", "args": [1, 2]}), ("get", "/ready", None),
+                               ("get", "/queues", None)):
+        started = time.monotonic()
+        response = client.open(path, method=method.upper(), json=body)
+        assert time.monotonic() - started < 2
+        assert response.status_code == 503, (path, response.status_code)
+        if path != "/ready":
+            assert response.content_type == "application/problem+json"
+            assert response.headers["Retry-After"] == "5"
+            assert "unreachable" in response.json["detail"]
+    ready = client.get("/ready").json
+    assert ready["checks"]["redis"]["ok"] is False
+    metrics = _metrics(client)
+    assert metrics[("rq_redis_up", ())] == 0
+
+
+def test_metrics_count_queues_jobs_durations_and_workers(client, settings, connection, work):
+    for _ in range(2):
+        client.post("/jobs", json={"job": "demo.add", "args": [1, 2]})
+    client.post("/jobs", json={"job": "demo.fail", "kwargs": {"message": "no"}, "retry": {"max": 0}})
+    work()
+    for _ in range(3):
+        client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "queue": "low"})
+    time.sleep(1.1)
+    worker = build_worker(settings)
+    worker.register_birth()
+
+    metrics = _metrics(client)
+    assert metrics[("rq_redis_up", ())] == 1
+    assert metrics[("rq_queue_depth", (("queue", "low"),))] == 3
+    assert metrics[("rq_queue_depth", (("queue", "default"),))] == 0
+    assert metrics[("rq_queue_oldest_job_age_seconds", (("queue", "low"),))] >= 1
+    assert metrics[("rq_queue_oldest_job_age_seconds", (("queue", "high"),))] == 0
+    assert metrics[("rq_jobs_finished_total", (("job", "demo.add"),))] == 2
+    assert metrics[("rq_jobs_failed_total", (("job", "demo.fail"),))] == 1
+    assert metrics[("rq_jobs_failed_total", (("job", "demo.add"),))] == 0
+    assert metrics[("rq_jobs_retried_total", (("job", "demo.add"),))] == 0
+    assert metrics[("rq_job_duration_seconds_count", (("job", "demo.add"),))] == 2
+    assert metrics[("rq_job_duration_seconds_bucket", (("job", "demo.add"), ("le", "+Inf")))] == 2
+    assert metrics[("rq_job_duration_seconds_bucket", (("job", "demo.add"), ("le", "1.0")))] == 2
+    assert metrics[("rq_jobs_failed_kept", (("queue", "default"),))] == 1
+    assert sum(value for (name, _), value in metrics.items() if name == "rq_workers") == 1
+    worker.register_death()
+
+
+def _claimed_by_a_worker_that_then_dies(settings, connection, job_id: str):
+    """Take and start `job_id` as a worker would, then leave it as a killed worker would."""
+    worker = build_worker(settings)
+    worker.register_birth()
+    taken = worker.dequeuer.take([ServiceQueue(name, connection=connection).key for name in settings.queues])
+    assert taken and taken[1] == job_id
+    job, _ = worker._load(*taken)
+    execution = worker._claim(job)
+    # The heartbeat stops: as if the worker had been SIGKILLed long enough ago.
+    connection.hset(execution.key, "last_heartbeat", time.time() - settings.orphan_timeout - 1)
+    return worker
+
+
+def test_a_sweep_requeues_the_job_of_a_dead_worker_then_fails_it_if_it_keeps_killing_workers(
+    client, settings, connection, work
+):
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)
+    for attempt in range(1, settings.job_max_abandons + 1):
+        _claimed_by_a_worker_that_then_dies(settings, connection, job_id)
+        assert client.get(f"/jobs/{job_id}").json["status"] == "started"
+        report = sweeper.sweep(force=True)
+        assert report.requeued == [job_id]
+        assert client.get(f"/jobs/{job_id}").json["status"] == "queued"
+        assert connection.lindex("rq:queue:default", 0) == job_id.encode()
+        interrupted = ServiceJob.fetch(job_id, connection).get_meta()["interrupted"]
+        assert interrupted["abandoned"] == attempt
+        assert "stopped sending heartbeats" in interrupted["reason"]
+    _claimed_by_a_worker_that_then_dies(settings, connection, job_id)
+    assert sweeper.sweep(force=True).failed == [job_id]
+    job = client.get(f"/jobs/{job_id}").json
+    assert job["status"] == "failed"
+    assert job["error"]["type"] == "AbandonedJobError"
+    assert not connection.zrange("rq:wip:default", 0, -1)
+
+
+def test_a_sweep_gives_back_what_a_dead_worker_had_taken(client, settings, connection):
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "queue": "high"}).json["id"]
+    worker = build_worker(settings)
+    worker.register_birth()
+    assert worker.dequeuer.take([ServiceQueue("high", connection=connection).key]) == ("rq:queue:high", job_id)
+    sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)
+    assert not sweeper.sweep(force=True)  # its worker is alive
+    stale = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() - settings.orphan_timeout - 1))
+    connection.hset(worker.key, "last_heartbeat", stale)
+    assert sweeper.sweep(force=True).dequeued == [job_id]
+    assert connection.lrange("rq:queue:high", 0, -1) == [job_id.encode()]
+    # The worker was only slow, not dead: it must not run the job it no longer holds.
+    job, _ = ServiceJob.fetch(job_id, connection), None
+    assert worker._claim(job) is None
+
+
+def test_sweeps_wait_until_heartbeats_can_be_trusted_after_an_outage(settings, connection):
+    sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)
+    sweeper.note_outage()
+    assert sweeper.sweep().skipped
+
+
+def test_processes_log_one_json_event_per_step_with_the_job_id_and_name(redis_url, connection, tmp_path):
+    with chaos.web(redis_url, tmp_path / "web.log") as base, \
+            chaos.worker(redis_url, tmp_path / "worker.log"), chaos.scheduler(redis_url, tmp_path / "scheduler.log"):
+        from tests import processes
+
+        job_id = processes.session().post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=5).json()["id"]
+        wait_for(lambda: chaos.statuses(connection, [job_id])[job_id] == "finished", timeout=30, what="the job")
+        wait_for(lambda: any(e.get("process") == "scheduler" for e in chaos.log_events(tmp_path / "scheduler.log")),
+                 timeout=30, what="the scheduler to log")
+    web, worker = chaos.log_events(tmp_path / "web.log"), chaos.log_events(tmp_path / "worker.log")
+    [enqueued] = [e for e in web if e.get("event") == "job.enqueued"]
+    assert enqueued["job_id"] == job_id and enqueued["job"] == "demo.add" and enqueued["process"] == "web"
+    for name in ("job.started", "job.finished"):
+        [event] = [e for e in worker if e.get("event") == name]
+        assert event["job_id"] == job_id and event["job"] == "demo.add" and event["process"] == "worker"
+        assert event["time"] and event["level"] == "INFO"
+    assert [e for e in worker if e.get("event") == "job.finished"][0]["duration"] >= 0
+
+
+@pytest.mark.parametrize("env, recycles", [({"WORKER_MAX_JOBS": "2"}, 2), ({"WORKER_MAX_MEMORY_MB": "1"}, 5)])
+def test_the_worker_process_recycles_itself(redis_url, connection, settings, tmp_path, env, recycles):
+    token = uuid.uuid4().hex
+    job_ids = chaos.enqueue_canaries(connection, settings, 5, token=token)
+    log = tmp_path / "worker.log"
+    with chaos.worker(redis_url, log, **env) as worker:
+        wait_for(lambda: set(chaos.statuses(connection, job_ids).values()) == {"finished"}, timeout=60,
+                 what="every job to finish")
+        wait_for(lambda: len([e for e in chaos.log_events(log) if e.get("event") == "worker.recycling"]) >= recycles,
+                 timeout=30, what="the worker to recycle")
+        assert worker.poll() is None
+        events = chaos.log_events(log)
+    started = [e for e in events if e.get("event") == "worker.started"]
+    assert {e["pid"] for e in started} == {worker.pid}, "recycled in place: same process id, fresh interpreter"
+    assert len({e["worker"] for e in started}) == len(started) >= recycles
+    assert chaos.Records(connection, token).runs() == {job_id: 1 for job_id in job_ids}
+
+
+def test_an_unreadable_job_record_fails_with_its_reason_and_the_worker_goes_on(client, connection, work):
+    connection.hset("rq:job:garbled", mapping={"data": b"not zlib, not json", "status": "queued", "origin": "default",
+                                               "created_at": "2026-01-01T00:00:00.000000Z"})
+    connection.rpush("rq:queue:default", "garbled")
+    good = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    work()
+    assert client.get(f"/jobs/{good}").json["status"] == "finished"
+    assert connection.hget("rq:job:garbled", "status") == b"failed"
+    assert connection.zscore("rq:failed:default", "garbled") is not None
+    assert not list(connection.scan_iter("rq:svc:dequeued:*"))

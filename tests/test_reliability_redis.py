@@ -1,0 +1,286 @@
+"""When Redis fails: killed, down for a while, full, or configured to evict.
+
+Each test runs its own Redis server (the session's one is left alone), and the
+real processes (gunicorn, worker.py, scheduler.py) against it.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+import pytest
+from redis import Redis
+
+from service.embedded_redis import EmbeddedRedis
+from tests import chaos, processes
+from tests.conftest import wait_for
+
+
+class OwnRedis:
+    """A Redis server for one test, that the test may kill and start again (same port, same data)."""
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.server = EmbeddedRedis(data_dir)
+        self.url = self.server.start()
+        self.port = self.server.port
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url, socket_timeout=5)
+
+    def kill(self) -> None:
+        self.server.process.kill()
+        self.server.process.wait()
+
+    def start(self) -> None:
+        self.server = EmbeddedRedis(self.data_dir, port=self.port)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    redis = OwnRedis(tmp_path / "redis")
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def own_settings(settings, own_redis):
+    return replace(settings, redis_url=own_redis.url)
+
+
+@dataclass
+class Load:
+    """Clients POSTing jobs as fast as the API takes them, each answer noted."""
+
+    base: str
+    body: dict
+    threads: int = 4
+    accepted: list[tuple[float, str]] = field(default_factory=list)
+    refused: list[tuple[float, int, float]] = field(default_factory=list)  # (when, status, seconds)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._post, daemon=True) for _ in range(self.threads)]
+
+    def _post(self):
+        session = processes.session()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                response = session.post(f"{self.base}/jobs", json=self.body, timeout=10)
+            except OSError as error:
+                self.errors.append(repr(error))
+                continue
+            took = time.monotonic() - started
+            if 200 <= response.status_code < 300:
+                self.accepted.append((started, response.json()["id"]))
+            else:
+                self.refused.append((started, response.status_code, took))
+                time.sleep(0.02)
+
+    def __enter__(self):
+        for thread in self._workers:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(15)
+
+
+def test_the_embedded_redis_keeps_an_append_only_file_and_never_evicts(connection):
+    config = connection.config_get("append*") | connection.config_get("maxmemory-policy")
+    assert config["appendonly"] == "yes"
+    assert config["appendfsync"] == "everysec"
+    assert config["maxmemory-policy"] == "noeviction"
+
+
+def test_every_job_acknowledged_before_redis_is_killed_exists_after_its_restart(own_redis, tmp_path):
+    """5. Redis killed with SIGKILL during enqueue load, then restarted: every job whose POST got
+    a 2xx exists afterwards; while it is down, the API answers 503 within 2 s."""
+    with chaos.web(own_redis.url, tmp_path / "web.log") as base:
+        with Load(base, {"job": "demo.add", "args": [1, 2]}) as load:
+            wait_for(lambda: len(load.accepted) >= 200, timeout=30, what="some jobs accepted")
+            killed_at = time.monotonic()
+            own_redis.kill()
+            wait_for(lambda: any(when > killed_at for when, *_ in load.refused), timeout=10, what="a 503")
+            time.sleep(1)
+            own_redis.start()
+            restarted_at = time.monotonic()
+            wait_for(lambda: any(when > restarted_at for when, _ in load.accepted), timeout=30,
+                     what="the API to accept jobs again")
+            time.sleep(0.5)
+    accepted_ids = [job_id for _, job_id in load.accepted]
+    before = sum(1 for when, _ in load.accepted if when < killed_at)
+    client = own_redis.client()
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in accepted_ids:
+            pipe.exists(f"rq:job:{job_id}")
+        exists = pipe.execute()
+    queued = {raw.decode() for raw in client.lrange("rq:queue:default", 0, -1)}
+    missing = [job_id for job_id, found in zip(accepted_ids, exists) if not found]
+    print(f"\naccepted={len(accepted_ids)} (before the kill: {before}) refused={len(load.refused)} "
+          f"slowest refusal={max(took for *_, took in load.refused):.3f}s missing={len(missing)}")
+    assert not missing
+    assert set(accepted_ids) <= queued
+    assert load.refused and {status for _, status, _ in load.refused} == {503}
+    assert max(took for *_, took in load.refused) < 2
+    assert not load.errors
+
+
+def _redis_down_for_a_while(own_redis, settings, tmp_path, outage: float):
+    token = uuid.uuid4().hex
+    session = processes.session()
+    with chaos.web(own_redis.url, tmp_path / "web.log") as base, \
+            chaos.worker(own_redis.url, tmp_path / "worker.log") as worker, \
+            chaos.scheduler(own_redis.url, tmp_path / "scheduler.log") as scheduler:
+        wait_for(lambda: session.get(f"{base}/ready", timeout=5).status_code == 200, timeout=30,
+                 what="the service to be ready")
+        client = own_redis.client()
+        schedulers_before = set(client.scan_iter("rq:scheduler_instance:*"))
+        worker_pids = {p.pid for p in chaos.tree(worker.pid)}
+        processes_before = [worker, scheduler]
+
+        own_redis.kill()
+        down_at = time.monotonic()
+        slowest = 0.0
+        while time.monotonic() - down_at < outage:
+            for method, path, body in (("post", "/jobs", {"job": "demo.add", "args": [1, 2]}), ("get", "/ready", None)):
+                started = time.monotonic()
+                response = session.request(method, f"{base}{path}", json=body, timeout=10)
+                slowest = max(slowest, time.monotonic() - started)
+                assert response.status_code == 503, (path, response.status_code, response.text)
+            assert session.get(f"{base}/health", timeout=5).status_code == 200
+            assert all(process.poll() is None for process in processes_before)
+            time.sleep(0.5)
+
+        own_redis.start()
+        back_at = time.monotonic()
+        client = own_redis.client()
+
+        def worker_beats_again():
+            from service.heartbeats import worker_beats
+
+            return any(beat.fresh(1.0) for beat in worker_beats(client))
+
+        def scheduler_back():
+            return set(client.scan_iter("rq:scheduler_instance:*")) - schedulers_before
+
+        wait_for(worker_beats_again, timeout=30, interval=0.1, what="the worker to reconnect")
+        worker_back = chaos.elapsed(back_at)
+        wait_for(scheduler_back, timeout=30, interval=0.1, what="the scheduler to reconnect")
+        scheduler_back_after = chaos.elapsed(back_at)
+        [job_id] = chaos.enqueue_canaries(client, replace(settings, redis_url=own_redis.url), 1, token=token)
+        wait_for(lambda: chaos.statuses(client, [job_id])[job_id] == "finished", timeout=30,
+                 what="a job enqueued after the outage to run")
+        wait_for(lambda: session.get(f"{base}/ready", timeout=5).status_code == 200, timeout=30,
+                 what="the service to be ready again")
+        ready_after = chaos.elapsed(back_at)
+        assert all(process.poll() is None for process in processes_before), "a process exited"
+        assert worker_pids <= {p.pid for p in chaos.tree(worker.pid)}, "a worker process was replaced"
+    print(f"\noutage={outage}s slowest answer while down={slowest:.3f}s worker back after {worker_back}s, "
+          f"scheduler after {scheduler_back_after}s, /ready 200 after {ready_after}s")
+    assert slowest < 2
+    assert worker_back < 30 and scheduler_back_after < 30
+
+
+def test_redis_down_for_a_while_gets_503s_and_every_process_reconnects(own_redis, settings, tmp_path):
+    """6. Redis down (10 s here, 60 s in the full-size run): 503 within 2 s, never a 2xx; workers
+    and schedulers reconnect by themselves within 30 s of its return; no process exits."""
+    _redis_down_for_a_while(own_redis, settings, tmp_path, outage=10)
+
+
+@pytest.mark.full_size
+def test_redis_down_for_60_seconds(own_redis, settings, tmp_path):
+    _redis_down_for_a_while(own_redis, settings, tmp_path, outage=60)
+
+
+def test_a_full_redis_gets_503s_and_keeps_every_accepted_job(own_redis, own_settings, tmp_path):
+    """7. Redis out of memory: enqueue answers 503, nothing is half-written, nothing is lost."""
+    client = own_redis.client()
+    session = processes.session()
+    with chaos.web(own_redis.url, tmp_path / "web.log") as base, \
+            chaos.worker(own_redis.url, tmp_path / "worker.log") as worker:
+        used = client.info("memory")["used_memory"]
+        client.config_set("maxmemory", used + 300_000)
+        accepted, refused = [], []
+        body = {"job": "demo.add", "args": [1, 2], "queue": "low"}
+        while len(refused) < 30:
+            response = session.post(f"{base}/jobs", json=body, timeout=10)
+            if response.status_code == 202:
+                accepted.append(response.json()["id"])
+            else:
+                assert response.status_code == 503, response.text
+                assert "out of memory" in response.json()["detail"]
+                refused.append(response)
+            assert len(accepted) < 20_000, "Redis never filled up"
+        time.sleep(1)  # the worker bumps into the full Redis too
+        # Nothing half-written: the job records are exactly the accepted jobs.
+        records = {key.decode().removeprefix("rq:job:") for key in client.scan_iter("rq:job:*")}
+        assert records == set(accepted)
+        assert set(client.lrange("rq:queue:low", 0, -1)) <= {job_id.encode() for job_id in accepted}
+        client.config_set("maxmemory", 0)
+        wait_for(lambda: set(chaos.statuses(client, accepted).values()) == {"finished"}, timeout=60,
+                 what="every accepted job to run once memory is back")
+        assert worker.poll() is None
+    print(f"\naccepted={len(accepted)} refused={len(refused)}")
+
+
+@pytest.mark.parametrize("program", ["worker.py", "scheduler.py"])
+def test_processes_refuse_a_redis_that_evicts_keys(own_redis, tmp_path, program):
+    own_redis.client().config_set("maxmemory-policy", "allkeys-lru")
+    env = chaos.worker_env(own_redis.url)
+    done = subprocess.run([sys.executable, program], env=env, cwd=processes.ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0
+    assert "maxmemory-policy=allkeys-lru" in done.stderr
+    assert "REDIS_ALLOW_EVICTION" in done.stderr
+
+
+def test_a_process_told_to_allow_eviction_runs(own_redis, tmp_path):
+    own_redis.client().config_set("maxmemory-policy", "allkeys-lru")
+    with chaos.worker(own_redis.url, tmp_path / "worker.log", REDIS_ALLOW_EVICTION="1") as worker:
+        wait_for(lambda: any(e.get("event") == "worker.started" for e in chaos.log_events(tmp_path / "worker.log")),
+                 timeout=30, what="the worker to start")
+        assert worker.poll() is None
+    assert any(e.get("event") == "redis.unsafe_eviction_policy_allowed" for e in chaos.log_events(tmp_path / "worker.log"))
+
+
+def test_the_web_refuses_a_redis_that_evicts_keys(own_redis, own_settings):
+    from service import create_app
+
+    own_redis.client().config_set("maxmemory-policy", "volatile-lru")
+    with pytest.raises(SystemExit, match="maxmemory-policy=volatile-lru"):
+        create_app(own_settings)
+
+
+def test_a_hung_redis_gets_503s_within_2_seconds_too(own_redis, tmp_path):
+    """Redis that accepts connections but never answers (stopped, or a network black hole)."""
+    import signal
+
+    session = processes.session()
+    with chaos.web(own_redis.url, tmp_path / "web.log") as base:
+        assert session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10).status_code == 202
+        own_redis.server.process.send_signal(signal.SIGSTOP)
+        slowest = 0.0
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                response = session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10)
+                slowest = max(slowest, time.monotonic() - started)
+                assert response.status_code == 503 and slowest < 2, (response.status_code, slowest)
+        finally:
+            own_redis.server.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10)
+                 .status_code == 202, timeout=10, what="the API to accept jobs again")
+    print(f"\nslowest answer while hung: {slowest:.3f}s")

@@ -34,6 +34,8 @@ def describe(job: ServiceJob, registry: JobRegistry, *, detail: bool = True) -> 
         "kwargs": kwargs,
         "description": job.description,
         "progress": job.meta.get("progress") if isinstance(job.meta, dict) else None,
+        # Set when a worker stopped (SIGTERM past its grace, or died) and the job went back to its queue.
+        "interrupted": job.meta.get("interrupted") if isinstance(job.meta, dict) else None,
         "retries_left": job.retries_left,
         "depends_on": list(job._dependency_ids),
         "created_at": iso(job.created_at),

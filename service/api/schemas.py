@@ -37,6 +37,9 @@ class JobOut(BaseModel):
     result: Any = Field(None, description="The return value, once finished.")
     error: JobError | None = Field(None, description="The last exception, once failed or stopped.")
     progress: Progress | None = None
+    interrupted: dict[str, Any] | None = Field(
+        None, description="Set when the job's worker stopped or died and the job went back to its queue."
+    )
     attempts: int | None = Field(None, description="Executions so far, including the running one.")
     retries_left: int | None = None
     history: list[Attempt] | None = Field(None, description="Each attempt's outcome, oldest first.")

@@ -1,10 +1,12 @@
 # Two commands: `make run` and `make test`. Each creates .venv and installs the
 # project into it first (again only when pyproject.toml changes).
+# Benchmarks, by hand: `make bench-<name>` runs bench/<name>.py (BENCH_ARGS are
+# passed on), `make bench` runs them all.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test clean
+.PHONY: run test clean bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,13 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+BENCHMARKS := $(patsubst bench/%.py,%,$(filter-out bench/_%,$(wildcard bench/*.py)))
+
+bench: $(addprefix bench-,$(BENCHMARKS))
+
+bench-%: $(BIN)/.installed bench/%.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/$*.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

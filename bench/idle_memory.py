@@ -1,0 +1,88 @@
+"""Idle memory: resident set size (RSS) of each process of the service once it is
+up and has served a little, against the same processes written the plain way.
+
+    python bench/idle_memory.py [--rounds 3]
+
+Each round starts, on a Redis of its own: the service's web server (gunicorn as
+in the Procfile, `gunicorn.conf.py` applies), `python worker.py` and `python
+scheduler.py`; and as baselines the tutorial app (`bench/_tutorial_app.py`) under
+the same gunicorn settings and plain `rq worker`. Each web server answers a few
+enqueues and reads first, so the figure is that of a process that has been used;
+then everything idles for `--settle` seconds before RSS is read from /proc.
+"""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import time
+
+import _common as c
+
+
+def main() -> None:
+    args = c.arguments(__doc__.splitlines()[0], settle=(float, 3.0, "seconds of idling before measuring"))
+    directory = c.workdir("idle_memory")
+    names = ["web master", "web worker (largest)", "worker", "scheduler",
+             "tutorial web worker (largest)", "plain rq worker"]
+    rss = {name: c.Figure() for name in names}
+    web_workers = 0
+    with c.redis_server(directory) as redis:
+        env = c.service_env(redis.url)
+        for round_ in range(args.rounds):
+            redis.reset()
+            c.log(f"round {round_ + 1}/{args.rounds}")
+            log_path = directory / "processes.log"
+            with contextlib.ExitStack() as stack:
+                base, master = stack.enter_context(c.gunicorn("service:create_app()", env=env, log_path=log_path))
+                tutorial, tutorial_master = stack.enter_context(
+                    c.gunicorn("_tutorial_app:app", env=env, log_path=log_path, pythonpath="bench"))
+                worker = stack.enter_context(c.started([c.PYTHON, "worker.py"], env=env, log_path=log_path))
+                scheduler = stack.enter_context(c.started([c.PYTHON, "scheduler.py"], env=env, log_path=log_path))
+                plain = stack.enter_context(c.started(
+                    [str(c.BIN / "rq"), "worker", "--url", redis.url, "plain"], env=env, log_path=log_path))
+                c.wait_until(lambda: redis.client.scard("rq:workers") >= 2, 60, "the workers to register")
+                _use(base, {"Authorization": f"Bearer {c.TOKEN}"})
+                _use(tutorial, {})
+                time.sleep(args.settle)
+                workers = c.children(master.pid)
+                web_workers = len(workers)
+                rss["web master"].add(c.rss_mb(master.pid))
+                rss["web worker (largest)"].add(max(c.rss_mb(pid) or 0 for pid in workers))
+                rss["tutorial web worker (largest)"].add(
+                    max(c.rss_mb(pid) or 0 for pid in c.children(tutorial_master.pid)))
+                rss["worker"].add(c.rss_mb(worker.pid))
+                rss["scheduler"].add(c.rss_mb(scheduler.pid))
+                rss["plain rq worker"].add(c.rss_mb(plain.pid))
+
+    c.header("Idle memory (RSS)", f"{args.rounds} rounds; MB median (lowest–highest); {web_workers} web worker(s) a server")
+    c.table(["process", "RSS MB"], [[name, rss[name].show(1)] for name in names])
+    web, worker = rss["web worker (largest)"].median, rss["worker"].median
+    print(f"\nweb worker ÷ tutorial web worker: {web / rss['tutorial web worker (largest)'].median:.2f}×")
+    print(f"worker ÷ plain rq worker:         {worker / rss['plain rq worker'].median:.2f}×")
+    print("\nTargets")
+    print("  " + c.verdict("worker RSS MB", worker, "≤ 40", worker <= 40))
+    print("  " + c.verdict("each web worker RSS MB", web, "≤ 50", web <= 50))
+
+
+def _use(base: str, headers: dict[str, str], count: int = 50) -> None:
+    """A few enqueues, job reads and health checks, spread over the server's workers."""
+    headers = {**headers, "Content-Type": "application/json"}
+    body = json.dumps(c.NOOP_JOB)
+    for _ in range(count):
+        connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+        connection.request("POST", "/jobs", body=body, headers=headers)
+        answer = connection.getresponse()
+        job = json.loads(answer.read())
+        if answer.status != 202:
+            raise SystemExit(f"POST /jobs answered {answer.status}: {job}")
+        if "Authorization" in headers:
+            connection.request("GET", f"/jobs/{job['id']}", headers=headers)
+            connection.getresponse().read()
+        connection.request("GET", "/health")
+        connection.getresponse().read()
+        connection.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -258,6 +258,7 @@ end
 
 @dataclass(frozen=True)
 class Load:
+    requests: int
     requests_per_s: float
     p50_ms: float
     p99_ms: float
@@ -292,6 +293,7 @@ def wrk(url: str, *, connections: int, seconds: float, method: str = "GET", body
         os.unlink(script.name)
     report = json.loads(next(line for line in output.splitlines() if line.startswith("WRK "))[4:])
     return Load(
+        requests=report["requests"],
         requests_per_s=report["requests"] / (report["duration_us"] / 1e6),
         p50_ms=report["p50_us"] / 1000,
         p99_ms=report["p99_us"] / 1000,
@@ -311,6 +313,17 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(*pids: int) -> float:
+    """CPU time (user + system) the processes have used so far, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def children(pid: int) -> list[int]:

@@ -29,8 +29,9 @@ def main() -> None:
     json_headers = {"Content-Type": "application/json"}
     with c.redis_server(directory) as redis:
         env = c.service_env(redis.url)
-        with c.gunicorn("service:create_app()", env=env, log_path=directory / "service.log") as (service, _), \
-             c.gunicorn("_tutorial_app:app", env=env, log_path=directory / "tutorial.log", pythonpath="bench") as (tutorial, _):
+        with c.gunicorn("service:create_app()", env=env, log_path=directory / "service.log") as (service, master), \
+             c.gunicorn("_tutorial_app:app", env=env, log_path=directory / "tutorial.log", pythonpath="bench") as (tutorial, tutorial_master):
+            servers = {"POST /jobs": master, "GET /health": master, "tutorial POST /jobs": tutorial_master}
             endpoints = {
                 "POST /jobs": dict(url=f"{service}/jobs", method="POST", body=body,
                                    headers={**json_headers, "Authorization": f"Bearer {c.TOKEN}"}),
@@ -40,7 +41,7 @@ def main() -> None:
             for options in endpoints.values():  # warm: imports, connections, first-request work
                 c.wrk(connections=4, seconds=1, **options)
             figures = {(n, name, what): c.Figure() for n in clients for name in endpoints
-                       for what in ("rps", "p50", "p99", "tail")}
+                       for what in ("rps", "p50", "p99", "tail", "web_cpu", "redis_cpu")}
             ratios = {(n, what): c.Figure() for n in clients for what in ("health", "tutorial")}
             refused = 0
             for round_ in range(args.rounds):
@@ -49,7 +50,12 @@ def main() -> None:
                     for name, options in endpoints.items():
                         redis.client.flushall()  # the queue stays far below its cap; counters start afresh
                         c.log(f"round {round_ + 1}/{args.rounds}: {name}, {n} clients")
+                        web = [servers[name].pid, *c.children(servers[name].pid)]
+                        before = c.cpu_seconds(*web), c.cpu_seconds(redis.pid)
                         load = c.wrk(connections=n, seconds=args.seconds, **options)
+                        after = c.cpu_seconds(*web), c.cpu_seconds(redis.pid)
+                        figures[n, name, "web_cpu"].add((after[0] - before[0]) / load.requests * 1000)
+                        figures[n, name, "redis_cpu"].add((after[1] - before[1]) / load.requests * 1000)
                         refused += load.bad
                         rps[name] = load.requests_per_s
                         figures[n, name, "rps"].add(load.requests_per_s)
@@ -66,9 +72,10 @@ def main() -> None:
     for n in clients:
         print(f"\n{n} clients")
         c.table(
-            ["endpoint", "requests/s", "p50 ms", "p99 ms", "p99/p50"],
+            ["endpoint", "requests/s", "p50 ms", "p99 ms", "p99/p50", "web CPU ms/req", "Redis CPU ms/req"],
             [[name, figures[n, name, "rps"].show(0), figures[n, name, "p50"].show(2),
-              figures[n, name, "p99"].show(2), figures[n, name, "tail"].show(2)] for name in endpoints],
+              figures[n, name, "p99"].show(2), figures[n, name, "tail"].show(2),
+              figures[n, name, "web_cpu"].show(3), figures[n, name, "redis_cpu"].show(3)] for name in endpoints],
         )
         print(f"POST /jobs ÷ GET /health: {ratios[n, 'health'].show(2, '×')}")
         print(f"POST /jobs ÷ tutorial:    {ratios[n, 'tutorial'].show(2, '×')}")

@@ -36,10 +36,9 @@ from rq.executions import Execution
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 from rq.results import Result
-from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.utils import now
-from rq.worker import Worker, WorkerStatus
+from rq.worker import WorkerStatus
 from rq.worker.base import signal_name
 
 from . import logs, metrics, recovery, redis_checks
@@ -61,8 +60,27 @@ _NOT_RUNNABLE = {
 }
 
 
+class ReconnectingRQScheduler(PromptRQScheduler):
+    """RQ's scheduler (retries with backoff, enqueue_at), resuming after a Redis outage."""
+
+    def work(self):
+        while True:
+            try:
+                super().work()
+                return
+            except RedisError as error:  # gone, or full: try again a little later
+                self.log.warning("scheduler: Redis error (%s); trying again", error)
+                self._connection = None
+                time.sleep(1)
+                if not redis_checks.wait_until_reachable(self.connection, should_stop=lambda: self._stop_requested):
+                    return
+
+
 class ReliableWorker(ServiceWorker):
     """RQ's forking worker, taking jobs atomically, recovering others', stopping without losing one."""
+
+    #: RQ's scheduler for retries and jobs given a time, outliving a Redis outage.
+    scheduler_class = ReconnectingRQScheduler
 
     def __init__(self, queues, *, settings: Settings, **kwargs):
         # Read by RQ's __init__ (connection_timeout), so set first.
@@ -415,25 +433,6 @@ class ReliableWorker(ServiceWorker):
         self.recovery.sweep()
         super().clean_registries()
 
-    def _start_scheduler(self, burst=False, logging_level="INFO", date_format=None, log_format=None):
-        # RQ's, with a loop that outlives a Redis outage (see ReconnectingRQScheduler).
-        self.scheduler = ReconnectingRQScheduler(
-            self.queues, connection=self.connection, serializer=self.serializer,
-            logging_level=logging_level if logging_level is not None else self.log.level,
-            poll=self.scheduler_poll,
-        )
-        self.scheduler.acquire_locks()
-        if self.scheduler.acquired_locks:
-            if burst:
-                try:
-                    self.scheduler.register_birth()
-                    self.scheduler.enqueue_scheduled_jobs()
-                finally:
-                    self.scheduler.release_locks()
-                    self.scheduler.register_death()
-            else:
-                self.scheduler.start()
-
     def _redis_trouble(self, error: Exception) -> None:
         self.recovery.note_outage()
         # One line per kind of trouble every 10 s, not one per retry.
@@ -453,22 +452,6 @@ class ReliableWorker(ServiceWorker):
         deadline = time.monotonic() + seconds
         while not self._stop_requested and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-class ReconnectingRQScheduler(PromptRQScheduler):
-    """RQ's scheduler (retries with backoff, enqueue_at), resuming after a Redis outage."""
-
-    def work(self):
-        while True:
-            try:
-                super().work()
-                return
-            except RedisError as error:  # gone, or full: try again a little later
-                self.log.warning("scheduler: Redis error (%s); trying again", error)
-                self._connection = None
-                time.sleep(1)
-                if not redis_checks.wait_until_reachable(self.connection, should_stop=lambda: self._stop_requested):
-                    return
 
 
 def build_worker(

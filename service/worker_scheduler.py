@@ -47,10 +47,11 @@ class PromptRQScheduler(RQScheduler):
 
 
 class PromptScheduling:
-    """Worker mixin: run PromptRQScheduler where RQ's Worker runs RQScheduler."""
+    """Worker mixin: run PromptRQScheduler (or `scheduler_class`) where RQ's Worker runs RQScheduler."""
 
     #: Longest sleep of the scheduler between looks, in seconds.
     scheduler_poll: float = 1.0
+    scheduler_class: type[PromptRQScheduler] = PromptRQScheduler
 
     def _start_scheduler(
         self,
@@ -60,7 +61,7 @@ class PromptScheduling:
         log_format: str = DEFAULT_LOGGING_FORMAT,
     ):
         # As rq.worker.base.BaseWorker._start_scheduler (RQ 3.0), with the scheduler class swapped.
-        self.scheduler = PromptRQScheduler(
+        self.scheduler = self.scheduler_class(
             self.queues,
             connection=self.connection,
             logging_level=logging_level if logging_level is not None else self.log.level,

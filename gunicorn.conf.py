@@ -9,10 +9,12 @@ import os
 # one machine (make run beside the tests) would fight over; nothing here uses it.
 control_socket_disable = True
 
-# Threads, so a client following a job (long poll, Server-Sent Events) holds a
-# thread, not a whole worker process.
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# gevent: a request waiting on Redis (an enqueue, a long poll, an event
+# stream) yields to the others instead of holding a thread, so one process
+# serves many clients following jobs, and a request costs no thread switches.
+# gunicorn applies gevent's monkey patching before it loads the app.
+worker_class = "gevent"
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 
 # gunicorn's own lines (boot, worker exits) as JSON, like the rest of the logs.
 if os.environ.get("LOG_FORMAT", "json") == "json":
@@ -22,6 +24,7 @@ if os.environ.get("LOG_FORMAT", "json") == "json":
         "root": {"level": "INFO", "handlers": []},
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+            # The app logs every request itself (`http.request`, with its duration).
+            "gunicorn.access": {"level": "WARNING", "handlers": ["console"], "propagate": False},
         },
     }

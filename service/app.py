@@ -85,7 +85,7 @@ def create_app(
     app.register_blueprint(schedules.bp)
     ops.init_app(app)  # /ready, /metrics, 503 when Redis fails, request logs
     dashboard.mount(app, settings)
-    rate_limits.install(app, settings, connection, registry)
+    rate_limits.check_declared(settings, registry)
     app.cli.add_command(cli.jobs)
     return app
 

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, TypeVar
 
 from flask import Flask, g, request
@@ -40,7 +41,7 @@ class Token:
     secret: str
     scopes: frozenset[str]
 
-    @property
+    @cached_property
     def id(self) -> str:
         """A name for the token that reveals nothing of it (for rate-limit keys)."""
         return hashlib.sha256(self.secret.encode()).hexdigest()[:16]

@@ -11,17 +11,20 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Sequence
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from redis import Redis
-from rq.job import Retry
+from rq.job import JobStatus, Retry
 from rq.rate_limit import RateLimit
+from rq.utils import now
 
 from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
 
 from . import job_index, webhooks
+from .admission import Admission, QueueFull
 from .queues import ServiceJob, ServiceQueue
+from .rate_limits import Counter
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
 
@@ -38,10 +41,6 @@ class InvalidRequest(ValueError):
     def __init__(self, field: str, problem: str):
         self.field, self.problem = field, problem
         super().__init__(f"{field}: {problem}")
-
-
-class QueueFull(Exception):
-    """The queue holds MAX_QUEUE_DEPTH jobs already; the client should come back later."""
 
 
 class IdempotencyConflict(Exception):
@@ -216,18 +215,36 @@ def _first(*values: Any) -> Any:
     return next(value for value in values if value is not None)
 
 
-def enqueue(prepared: PreparedJob, connection: Redis, job_id: str | None = None) -> ServiceJob:
-    """Write the prepared job to its queue (or to the schedule, when it has a time)."""
+def enqueue(
+    prepared: PreparedJob, connection: Redis, job_id: str | None = None, counters: Sequence[Counter] = ()
+) -> ServiceJob:
+    """Write the prepared job to its queue (or to the schedule, when it has a time).
+
+    `counters` are the rate limits the request draws on (HTTP only). Raises
+    RateLimited or QueueFull, writing nothing, when the request is refused.
+    """
     dependencies = prepared.options["depends_on"] or []
     missing = [dep for dep in dependencies if not ServiceJob.exists(dep, connection)]
     if missing:
         raise InvalidRequest("depends_on", f"no job {', '.join(map(repr, missing))}")
     queue = ServiceQueue(prepared.queue, connection=connection)
-    if prepared.at is None and connection.llen(queue.key) >= prepared.queue_limit:
-        raise QueueFull(f"queue {prepared.queue!r} holds {prepared.queue_limit} jobs already")
     job = queue.create_job(
         prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
     )
+    admission = Admission(connection)
+    if not (dependencies or prepared.at is not None or job.has_rate_limit or prepared.webhook):
+        # The common case, in one round trip: limits, cap, the job, its queue and index.
+        job.origin = queue.name  # as RQ's Queue._prepare_for_queue does
+        job.enqueued_at = now()
+        job._status = JobStatus.QUEUED
+        try:
+            job.known_position = admission.enqueue(counters, job, queue.key, prepared.queue_limit)
+        except QueueFull:
+            raise _full(prepared) from None
+        return job
+    if prepared.at is None and connection.llen(queue.key) >= prepared.queue_limit:
+        raise _full(prepared)
+    admission.count(counters)
     if prepared.webhook:
         # Before the job can run, so it cannot end before its webhook is known.
         delay = (prepared.at - datetime.now(timezone.utc)).total_seconds() if prepared.at else 0
@@ -239,7 +256,7 @@ def enqueue(prepared: PreparedJob, connection: Redis, job_id: str | None = None)
         job = queue.enqueue_job(job)
         job_index.add(connection, job)
         return job
-    # One transaction: the job, its place in the queue and in the index.
+    # One transaction: the job, its place in the queue (or schedule) and in the index.
     with connection.pipeline() as pipe:
         if prepared.at is not None:
             queue.schedule_job(job, prepared.at, pipeline=pipe)
@@ -250,12 +267,16 @@ def enqueue(prepared: PreparedJob, connection: Redis, job_id: str | None = None)
     return job
 
 
+def _full(prepared: PreparedJob) -> QueueFull:
+    return QueueFull(f"queue {prepared.queue!r} holds {prepared.queue_limit} jobs already")
+
+
 IDEMPOTENCY_PREFIX = "jobservice:idempotency:"
 IDEMPOTENCY_TTL = 24 * 3600
 
 
 def enqueue_once(
-    request: JobRequest, prepared: PreparedJob, connection: Redis, key: str
+    request: JobRequest, prepared: PreparedJob, connection: Redis, key: str, counters: Sequence[Counter] = ()
 ) -> tuple[ServiceJob, bool]:
     """Enqueue unless `key` was used in the last 24 h; returns (job, created).
 
@@ -268,7 +289,7 @@ def enqueue_once(
     fingerprint = request.fingerprint()
     if connection.set(redis_key, f"{job_id} {fingerprint}", nx=True, ex=IDEMPOTENCY_TTL):
         try:
-            return enqueue(prepared, connection, job_id=job_id), True
+            return enqueue(prepared, connection, job_id=job_id, counters=counters), True
         except BaseException:
             connection.delete(redis_key)
             raise

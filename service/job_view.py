@@ -60,7 +60,8 @@ def describe(job: ServiceJob, registry: JobRegistry, *, detail: bool = True) -> 
             if latest is not None and latest.exc_string:
                 view["error"] = parse_exception(latest.exc_string)
     if status == "queued":
-        view["position"] = job.get_position()
+        known = getattr(job, "known_position", None)
+        view["position"] = known if known is not None else job.get_position()
     if status == "scheduled":
         view["scheduled_for"] = _scheduled_for(job)
     return view

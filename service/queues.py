@@ -39,6 +39,10 @@ class ServiceJob(Job):
     serializer, so the default has to live in the class itself.
     """
 
+    #: The job's place in its queue, when this process has just put it there
+    #: and learnt it for free (a later look costs an O(n) LPOS).
+    known_position: int | None = None
+
     def __init__(self, id=None, connection=None, serializer=None):
         super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)
 

@@ -1,76 +1,82 @@
-"""Enqueue rate limits (flask-limiter, counting in the service's own Redis).
+"""Enqueue rate limits: which counters a request to POST /jobs draws on.
 
-Three limits apply to POST /jobs: per token, per client IP, and the job's own
+Three limits apply: per token, per client IP, and the job's own
 `@defaults(rate_limit=...)` per client IP ("one contact email per visitor per
-10 s"). A request over a limit gets 429 with Retry-After and enqueues nothing.
+10 s"). Limits are written the `limits` library's way ("100 per minute") and
+counted in fixed windows that start at a key's first hit.
+
+The counting itself happens in the enqueue script (`service.admission`), in the
+same Redis round trip that writes the job: a request over a limit gets 429 with
+Retry-After and writes nothing, and one within every limit costs no extra trip.
 """
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
+from functools import lru_cache
 
-from flask import Flask, current_app, g, request
-from flask_limiter import Limiter, RequestLimit
+from flask import request
 from limits import parse as parse_limit
-from redis import Redis
 
 from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
 
-from .problems import problem
-from .registry import JobRegistry
+from .registry import JobRegistry, JobSpec
 from .settings import Settings
 
-ENQUEUE_ENDPOINT = "jobs.create_job"
+KEY_PREFIX = "jobservice:ratelimit:"
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One fixed-window counter: at most `amount` hits per `seconds` on `key`."""
+
+    key: str
+    amount: int
+    seconds: int
+    #: The limit as configured, for the 429's message.
+    text: str
+
+
+class RateLimited(Exception):
+    """A counter is full; nothing was written."""
+
+    def __init__(self, counter: Counter, retry_after: int):
+        self.counter, self.retry_after = counter, retry_after
+        super().__init__(f"at most {counter.text}")
+
+
+@lru_cache(maxsize=64)
+def _parsed(text: str) -> tuple[int, int]:
+    item = parse_limit(text)
+    return item.amount, item.get_expiry()
+
+
+def counter(scope: str, text: str) -> Counter:
+    amount, seconds = _parsed(text)
+    return Counter(f"{KEY_PREFIX}{scope}:{amount}/{seconds}", amount, seconds, text)
 
 
 def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
-def _job_limit() -> str | None:
-    registry: JobRegistry = current_app.extensions["jobservice"]["registry"]
-    body = request.get_json(silent=True)
-    name = body.get("job") if isinstance(body, dict) else None
-    if name not in registry:
-        return None
-    return getattr(registry.get(name).func, DEFAULTS_ATTRIBUTE, {}).get("rate_limit")
+def for_enqueue(settings: Settings, token_id: str, spec: JobSpec) -> list[Counter]:
+    """The counters an enqueue of `spec` by this token, from this client, draws on."""
+    ip = client_ip()
+    counters = [
+        counter(f"token:{token_id}", settings.rate_limit_per_token),
+        counter(f"ip:{ip}", settings.rate_limit_per_ip),
+    ]
+    own = getattr(spec.func, DEFAULTS_ATTRIBUTE, {}).get("rate_limit")
+    if own:
+        counters.append(counter(f"job:{spec.name}:{ip}", own))
+    return counters
 
 
-def _too_many(limit: RequestLimit):
-    retry_after = max(1, int(limit.reset_at - time.time()))  # reset_at is rounded up already
-    raise problem(
-        429,
-        f"Too many requests: at most {limit.limit}. Try again in {retry_after} s.",
-        title="Too Many Requests",
-        headers={"Retry-After": str(retry_after)},
-    )
-
-
-def install(app: Flask, settings: Settings, connection: Redis, registry: JobRegistry) -> Limiter:
-    for spec in registry:  # a malformed limit stops the service at start, not a request
+def check_declared(settings: Settings, registry: JobRegistry) -> None:
+    """A malformed limit stops the service at start, not a request."""
+    for text in (settings.rate_limit_per_token, settings.rate_limit_per_ip):
+        _parsed(text)
+    for spec in registry:
         declared = getattr(spec.func, DEFAULTS_ATTRIBUTE, {}).get("rate_limit")
         if declared:
-            parse_limit(declared)
-    limiter = Limiter(
-        key_func=client_ip,
-        app=app,
-        storage_uri="redis://",
-        storage_options={"connection_pool": connection.connection_pool},
-        strategy="fixed-window",
-        # Its own headers would put a Retry-After on every response; a breach
-        # gets one of ours instead.
-        headers_enabled=False,
-        on_breach=_too_many,
-        key_prefix="jobservice:ratelimit",
-    )
-    # flask-limiter checks a decorated view's limits in its wrapper, so the
-    # registered view is replaced by the wrapped one.
-    view = app.view_functions[ENQUEUE_ENDPOINT]
-    view = limiter.limit(settings.rate_limit_per_token, key_func=lambda: f"token:{g.token.id}")(view)
-    view = limiter.limit(settings.rate_limit_per_ip, key_func=lambda: f"ip:{client_ip()}")(view)
-    view = limiter.limit(
-        lambda: _job_limit() or "1 per second",
-        key_func=lambda: f"job:{request.get_json(silent=True).get('job')}:{client_ip()}",
-        exempt_when=lambda: _job_limit() is None,
-    )(view)
-    app.view_functions[ENQUEUE_ENDPOINT] = view
-    return limiter
+            _parsed(declared)

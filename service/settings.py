@@ -83,7 +83,7 @@ class Settings:
     max_queue_depth: int = 100_000
     #: API tokens: `token` or `token:scope+scope`, comma-separated (scopes: enqueue, read, admin).
     api_tokens: str = ""
-    #: Enqueue rate limits (flask-limiter syntax), per token and per client IP.
+    #: Enqueue rate limits ("100 per minute", the `limits` syntax), per token and per client IP.
     rate_limit_per_token: str = "6000 per minute"
     rate_limit_per_ip: str = "1200 per minute"
     #: Proxies in front of the web process whose X-Forwarded-* headers to trust (Heroku: 1).

@@ -112,7 +112,7 @@ def worker_process(redis_url, tmp_path):
 
 def stored_keys(connection) -> list[bytes]:
     """Every key in Redis but the rate limiter's counters: what a request wrote."""
-    return [key for key in connection.scan_iter() if not key.startswith(b"LIMITS:")]
+    return [key for key in connection.scan_iter() if not key.startswith(b"jobservice:ratelimit:")]
 
 
 @pytest.fixture(autouse=True)

@@ -7,12 +7,12 @@ import time
 from typing import Literal
 
 from apiflask import APIBlueprint
-from flask import Response, request, stream_with_context, url_for
+from flask import Response, g, request, stream_with_context, url_for
 from pydantic import BaseModel, ConfigDict, Field
 from rq.exceptions import NoSuchJobError
 
 from .. import enqueue as enqueuing
-from .. import job_actions
+from .. import job_actions, rate_limits
 from ..events import TERMINAL, Subscription
 from ..job_view import describe
 from ..problems import problem
@@ -67,10 +67,11 @@ def create_job(body: enqueuing.JobRequest):
         raise problem(400, "Idempotency-Key must be 1 to 200 characters.")
     try:
         prepared = enqueuing.prepare(body, registry=service("registry"), settings=service("settings"))
+        counters = rate_limits.for_enqueue(service("settings"), g.token.id, prepared.spec)
         if key is None:
-            job, created = enqueuing.enqueue(prepared, service("redis")), True
+            job, created = enqueuing.enqueue(prepared, service("redis"), counters=counters), True
         else:
-            job, created = enqueuing.enqueue_once(body, prepared, service("redis"), key)
+            job, created = enqueuing.enqueue_once(body, prepared, service("redis"), key, counters=counters)
     except UnknownJob:
         raise problem(404, f"There is no job called {body.job!r}; GET /jobs/registry lists them.") from None
     except InvalidArguments as error:
@@ -81,6 +82,13 @@ def create_job(body: enqueuing.JobRequest):
         raise problem(409, str(error)) from None
     except enqueuing.QueueFull as error:
         raise problem(503, f"{error}; try again later.", headers={"Retry-After": "30"}) from None
+    except rate_limits.RateLimited as error:
+        raise problem(
+            429,
+            f"Too many requests: {error}. Try again in {error.retry_after} s.",
+            title="Too Many Requests",
+            headers={"Retry-After": str(error.retry_after)},
+        ) from None
     location = {"Location": url_for(".get_job", job_id=job.id)}
     return describe(job, service("registry")), (202 if created else 200), location
 

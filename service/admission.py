@@ -1,0 +1,104 @@
+"""One Redis round trip decides and writes an enqueue.
+
+A script checks the queue's cap, counts the request against its rate limits and
+writes the job in RQ's own format (the record, its queue, the queues set and
+the newest-first index), atomically: a request refused for either reason
+writes nothing, and an accepted one learns its place in the queue from RPUSH.
+
+Jobs RQ must place itself (dependencies, concurrency limits, a start time) use
+the script for the limits alone and RQ's code for the write (`service.enqueue`).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from redis import Redis
+from rq.queue import Queue
+
+from . import job_index
+from .rate_limits import Counter, RateLimited
+
+# KEYS: n rate-limit counters, then (to write a job) queue, queues set, job hash, index.
+# ARGV: n, n amounts, n window lengths; then cap, job id, index score, job ttl
+#       and the job hash's fields and values.
+# Returns {'ok', queue length}, {'full'} or {'limited', counter number, ms left}.
+_SCRIPT = """
+local n = tonumber(ARGV[1])
+local write = #KEYS > n
+local at = 2 * n + 2
+if write then
+    local cap = tonumber(ARGV[at])
+    if cap > 0 and redis.call('LLEN', KEYS[n + 1]) >= cap then
+        return {'full'}
+    end
+end
+for i = 1, n do
+    local hits = redis.call('INCR', KEYS[i])
+    if hits == 1 then
+        redis.call('EXPIRE', KEYS[i], ARGV[1 + n + i])
+    end
+    if hits > tonumber(ARGV[1 + i]) then
+        for j = 1, i do
+            redis.call('DECR', KEYS[j])
+        end
+        return {'limited', i, redis.call('PTTL', KEYS[i])}
+    end
+end
+if not write then
+    return {'ok', 0}
+end
+local queue, job, job_id = KEYS[n + 1], KEYS[n + 3], ARGV[at + 1]
+redis.call('HSET', job, unpack(ARGV, at + 4))
+local ttl = tonumber(ARGV[at + 3])
+if ttl > 0 then
+    redis.call('EXPIRE', job, ttl)
+end
+redis.call('SADD', KEYS[n + 2], queue)
+local length = redis.call('RPUSH', queue, job_id)
+redis.call('ZADD', KEYS[n + 4], ARGV[at + 2], job_id)
+return {'ok', length}
+"""
+
+
+class QueueFull(Exception):
+    """The queue holds its cap of jobs already; the client should come back later."""
+
+
+class Admission:
+    """The enqueue script, registered once per connection."""
+
+    def __init__(self, connection: Redis):
+        self._script = connection.register_script(_SCRIPT)
+
+    def count(self, counters: Sequence[Counter], client: Redis | None = None) -> None:
+        """Count a request against `counters` only; RateLimited when one is full."""
+        self._run(counters, [], [], client)
+
+    def enqueue(self, counters: Sequence[Counter], job, queue_key: str, cap: int, client: Redis | None = None) -> int:
+        """Write `job` (queued, RQ's format) at the back of `queue_key`; its position.
+
+        RateLimited or QueueFull, writing nothing, when refused.
+        """
+        keys = [queue_key, Queue.redis_queues_keys, job.key, job_index.KEY]
+        fields: list[Any] = []
+        for name, value in job.to_dict().items():
+            fields += (name, value)
+        args = [cap, job.id, job.created_at.timestamp(), job.ttl or 0, *fields]
+        length = self._run(counters, keys, args, client)
+        return length - 1
+
+    def _run(self, counters, keys, args, client) -> int:
+        answer = self._script(
+            keys=[c.key for c in counters] + keys,
+            args=[len(counters), *(c.amount for c in counters), *(c.seconds for c in counters), *args],
+            client=client,
+        )
+        outcome = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+        if outcome == "ok":
+            return int(answer[1])
+        if outcome == "full":
+            raise QueueFull()
+        counter = counters[int(answer[1]) - 1]
+        milliseconds = int(answer[2])
+        retry_after = -(-milliseconds // 1000) if milliseconds > 0 else counter.seconds
+        raise RateLimited(counter, max(1, retry_after))

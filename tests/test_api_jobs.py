@@ -136,3 +136,26 @@ def test_health(client):
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json == {"status": "ok"}
+
+
+def test_an_enqueued_job_is_stored_exactly_as_rq_itself_stores_it(client, connection):
+    """The one-script enqueue writes RQ's own record, so rq info, the dashboard
+    and plain RQ clients read it; the same job enqueued by RQ is the reference."""
+    from service.queues import ServiceQueue
+
+    ours = enqueue(client, {"job": "demo.add", "args": [1, 2], "queue": "low"}).json
+    record = connection.hgetall(f"rq:job:{ours['id']}")
+    spec = client.application.extensions["jobservice"]["registry"].get("demo.add")
+    queue = ServiceQueue("low", connection=connection)
+    theirs = queue.enqueue_job(queue.create_job(
+        spec.func, kwargs={"x": 1, "y": 2}, timeout=int(record[b"timeout"]), result_ttl=int(record[b"result_ttl"]),
+        failure_ttl=int(record[b"failure_ttl"]), retry=__import__("rq").Retry(3, [4, 16, 64]),
+    ))
+    reference = connection.hgetall(theirs.key)
+
+    assert record.keys() == reference.keys()
+    moments = {b"created_at", b"enqueued_at"}
+    assert {k: v for k, v in record.items() if k not in moments} == {k: v for k, v in reference.items() if k not in moments}
+    assert connection.lrange("rq:queue:low", 0, -1) == [ours["id"].encode(), theirs.id.encode()]
+    assert b"rq:queue:low" in connection.smembers("rq:queues")
+    assert ours["position"] == 0

@@ -10,12 +10,15 @@ the script for the limits alone and RQ's code for the write (`service.enqueue`).
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any, Sequence
 
 from redis import Redis
 from rq.queue import Queue
 
 from . import job_index
+from .batching import ScriptBatcher
 from .rate_limits import Counter, RateLimited
 
 # KEYS: n rate-limit counters, then (to write a job) queue, queues set, job hash, index.
@@ -64,17 +67,25 @@ class QueueFull(Exception):
     """The queue holds its cap of jobs already; the client should come back later."""
 
 
+_batchers: "weakref.WeakKeyDictionary[Redis, ScriptBatcher]" = weakref.WeakKeyDictionary()
+_batchers_lock = threading.Lock()
+
+
 class Admission:
-    """The enqueue script, registered once per connection."""
+    """The enqueue script on a connection; concurrent requests share round trips."""
 
     def __init__(self, connection: Redis):
-        self._script = connection.register_script(_SCRIPT)
+        with _batchers_lock:
+            batcher = _batchers.get(connection)
+            if batcher is None:
+                batcher = _batchers[connection] = ScriptBatcher(connection, _SCRIPT)
+        self._script = batcher
 
-    def count(self, counters: Sequence[Counter], client: Redis | None = None) -> None:
+    def count(self, counters: Sequence[Counter]) -> None:
         """Count a request against `counters` only; RateLimited when one is full."""
-        self._run(counters, [], [], client)
+        self._run(counters, [], [])
 
-    def enqueue(self, counters: Sequence[Counter], job, queue_key: str, cap: int, client: Redis | None = None) -> int:
+    def enqueue(self, counters: Sequence[Counter], job, queue_key: str, cap: int) -> int:
         """Write `job` (queued, RQ's format) at the back of `queue_key`; its position.
 
         RateLimited or QueueFull, writing nothing, when refused.
@@ -84,14 +95,13 @@ class Admission:
         for name, value in job.to_dict().items():
             fields += (name, value)
         args = [cap, job.id, job.created_at.timestamp(), job.ttl or 0, *fields]
-        length = self._run(counters, keys, args, client)
+        length = self._run(counters, keys, args)
         return length - 1
 
-    def _run(self, counters, keys, args, client) -> int:
+    def _run(self, counters, keys, args) -> int:
         answer = self._script(
-            keys=[c.key for c in counters] + keys,
-            args=[len(counters), *(c.amount for c in counters), *(c.seconds for c in counters), *args],
-            client=client,
+            [c.key for c in counters] + keys,
+            [len(counters), *(c.amount for c in counters), *(c.seconds for c in counters), *args],
         )
         outcome = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
         if outcome == "ok":

@@ -1,0 +1,72 @@
+"""Concurrent script calls share round trips, yet each gets its own answer."""
+import threading
+
+import pytest
+from redis.exceptions import ResponseError
+
+from service.batching import ScriptBatcher
+
+# Appends ARGV[1] to a list and answers with the list's length; fails on "boom".
+SCRIPT = """
+if ARGV[1] == 'boom' then
+    return redis.error_reply('refused ' .. ARGV[1])
+end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
+def _concurrently(count, call):
+    start = threading.Barrier(count)
+    answers: dict[int, object] = {}
+
+    def run(i):
+        start.wait()
+        try:
+            answers[i] = call(i)
+        except Exception as error:  # kept for the assertion
+            answers[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return answers
+
+
+def test_every_concurrent_call_runs_once_and_gets_its_own_answer(connection):
+    batcher = ScriptBatcher(connection, SCRIPT)
+    answers = _concurrently(40, lambda i: batcher(["log"], [f"call-{i}"]))
+    stored = [item.decode() for item in connection.lrange("log", 0, -1)]
+    assert sorted(stored) == sorted(f"call-{i}" for i in range(40))
+    # Each answer is the length the list had right after that call's own push.
+    assert {i: stored[answers[i] - 1] for i in answers} == {i: f"call-{i}" for i in range(40)}
+
+
+def test_a_refused_call_fails_alone(connection):
+    batcher = ScriptBatcher(connection, SCRIPT)
+    answers = _concurrently(10, lambda i: batcher(["log"], ["boom" if i == 3 else f"call-{i}"]))
+    assert isinstance(answers.pop(3), ResponseError)
+    assert all(isinstance(answer, int) for answer in answers.values())
+    assert connection.llen("log") == 9
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(connection):
+    batcher = ScriptBatcher(connection, SCRIPT)
+    assert batcher(["log"], ["first"]) == 1
+    connection.script_flush()
+    assert batcher(["log"], ["second"]) == 2
+
+
+def test_calls_fail_with_the_connection_and_the_next_are_not_stuck_behind_them():
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError
+    from redis.retry import Retry
+
+    from service.embedded_redis import free_port
+
+    batcher = ScriptBatcher(Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)), SCRIPT)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            batcher(["log"], ["never"])

@@ -6,6 +6,7 @@ this table, never imported by name.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import pkgutil
@@ -91,6 +92,11 @@ class JobSpec:
 
     def parameters_schema(self) -> dict[str, Any]:
         """The parameters as JSON Schema, for clients to see what they may send."""
+        return copy.deepcopy(self._schema)
+
+    @cached_property
+    def _schema(self) -> dict[str, Any]:
+        # Generating it takes milliseconds; a job's signature never changes.
         return self.arguments_model.model_json_schema(by_alias=True)
 
 

@@ -9,6 +9,8 @@ Settings (environment variables):
 - `HTTP_MAX_RESPONSE_BYTES`: the most of a response body kept in the result (1 MiB).
 - `HTTP_MAX_RETRY_AFTER`: the longest `Retry-After` waited for, in seconds (3600);
   a server asking for longer fails the job.
+- `OUTBOUND_ALLOWED_HOSTS`, `OUTBOUND_ALLOW_PRIVATE`: which non-public hosts a
+  call may reach (none by default; see `jobs/_outbound.py`).
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field, HttpUrl, StringConstraints
+from pydantic import Field, StringConstraints
 
-from jobs import defaults
+from jobs import _outbound, defaults
 from jobs._failures import PermanentFailure, TransientFailure, classified
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -48,7 +50,7 @@ def _per_host(arguments: dict[str, Any]) -> tuple[str, int]:
     concurrency=_per_host,
 )
 def request(
-    url: HttpUrl,
+    url: _outbound.OutboundUrl,
     method: Method = "GET",
     headers: dict[HeaderName, HeaderValue] | None = None,
     json: Any = None,
@@ -60,18 +62,22 @@ def request(
     `json`, when given, is sent as the JSON body. 5xx and 429 answers, timeouts
     and network errors are retried with backoff, waiting at least as long as a
     `Retry-After` header asks; any other 4xx fails at once. Redirects are
-    returned as they are unless `follow_redirects`.
+    returned as they are unless `follow_redirects`. A host (or a redirect's
+    host) that is not public fails the job at once, unless OUTBOUND_ALLOWED_HOSTS
+    allows it.
     """
     url = str(url)
     limit = int(os.environ.get("HTTP_MAX_RESPONSE_BYTES") or 1024 * 1024)
     with classified():
         started = time.monotonic()
         try:
-            with httpx.Client(timeout=timeout, follow_redirects=follow_redirects) as client:
+            with _outbound.client(timeout=timeout, follow_redirects=follow_redirects) as client:
                 content = None if json is None else jsonlib.dumps(json).encode()
                 sent_headers = {**({"Content-Type": "application/json"} if content is not None else {}), **(headers or {})}
                 with client.stream(method, url, headers=sent_headers, content=content) as response:
                     body, truncated = _read_bounded(response, limit)
+        except _outbound.Refused as error:
+            raise PermanentFailure(f"{method} {url}: {error}") from error
         except httpx.TransportError as error:
             # Refused connections, timeouts, resets, broken responses.
             raise TransientFailure(f"{method} {url}: {type(error).__name__}: {error or 'no detail'}") from error

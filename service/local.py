@@ -25,6 +25,11 @@ def main() -> int:
     if not env.get("API_TOKENS"):
         env["API_TOKENS"] = secrets.token_urlsafe(24)
         print(f"API token (this run only; set API_TOKENS to keep one): {env['API_TOKENS']}", flush=True)
+    if not env.get("OUTBOUND_ALLOW_PRIVATE"):
+        # A local run is tried against servers on this machine or its network;
+        # only its own user can enqueue (the API listens on 127.0.0.1).
+        env["OUTBOUND_ALLOW_PRIVATE"] = "true"
+        print("Outbound calls may reach private addresses (set OUTBOUND_ALLOW_PRIVATE=false to refuse them)", flush=True)
     redis = None
     if not env.get("REDIS_URL"):
         redis = EmbeddedRedis(ROOT / "var" / "redis")

@@ -13,7 +13,10 @@ signed as Standard Webhooks (https://www.standardwebhooks.com) sign: headers
 "<id>.<timestamp>.<body>">`. The HMAC key is the secret's UTF-8 bytes, or for a
 secret written `whsec_<base64>`, those decoded bytes (so that the Standard
 Webhooks libraries verify it as they are). Anything but a 2xx answer is retried
-after each delay of `WEBHOOK_BACKOFF`; a 410 Gone stops the retries.
+after each delay of `WEBHOOK_BACKOFF`; a 410 Gone stops the retries. A URL whose
+host is not public (loopback, private, link-local, ...) is refused: at once when
+written as such (`localhost`, an IP literal), else when the delivery connects
+(see `jobs/_outbound.py`; OUTBOUND_ALLOWED_HOSTS lists exceptions).
 
 RQ 3's own `rq.webhook.Webhook` posts once, unsigned, and only logs a failure,
 so it does not fit; RQ does call `Job.send_webhooks` wherever a job ends
@@ -37,6 +40,7 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Retry
 
+from jobs import _outbound
 from jobs._failures import PermanentFailure, TransientFailure, classified
 
 from .settings import Settings
@@ -68,12 +72,16 @@ def key(job_id: str) -> str:
 
 
 def resolve(webhook: WebhookRequest, settings: Settings) -> dict[str, str]:
-    """The webhook to keep for a job; ValueError when there is no secret to sign with."""
+    """The webhook to keep for a job; ValueError when there is no secret to sign with,
+    or the URL's host is plainly not public."""
     secret = webhook.secret or settings.webhook_secret
     if not secret:
         raise ValueError("give a `secret` to sign the deliveries with (the service has no WEBHOOK_SECRET)")
     if len(str(webhook.url)) > 2048:
         raise ValueError("the URL is longer than 2048 characters")
+    refusal = _outbound.Policy.from_env().literal_refusal(webhook.url.host or "")
+    if refusal:
+        raise ValueError(refusal)
     return {"url": str(webhook.url), "secret": secret}
 
 
@@ -156,7 +164,10 @@ def deliver(job_id: str, body: str) -> dict[str, Any]:
     url = stored["url"]
     with classified():
         try:
-            response = httpx.post(url, content=body.encode(), headers=headers, timeout=settings.webhook_timeout)
+            with _outbound.client(timeout=settings.webhook_timeout) as client:
+                response = client.post(url, content=body.encode(), headers=headers)
+        except _outbound.Refused as error:
+            raise PermanentFailure(f"POST {url}: {error}") from error
         except httpx.TransportError as error:
             raise TransientFailure(f"POST {url}: {type(error).__name__}: {error or 'no detail'}") from error
         if response.status_code == 410:

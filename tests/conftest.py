@@ -118,10 +118,13 @@ def stored_keys(connection) -> list[bytes]:
 @pytest.fixture(autouse=True)
 def job_files(tmp_path, monkeypatch):
     """Jobs of each test keep artifacts and outbox mail in its own folder, and
-    never reach a mail server or a webhook secret from the developer's environment."""
+    never reach a mail server or a webhook secret from the developer's environment.
+    Outbound calls may reach 127.0.0.1, where the test servers listen, and no
+    other address that is not public."""
     monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.setenv("EMAIL_OUTBOX_DIR", str(tmp_path / "outbox"))
-    for name in ("SMTP_URL", "SMTP_CA_FILE", "WEBHOOK_SECRET", "HTTP_HOST_CONCURRENCY"):
+    monkeypatch.setenv("OUTBOUND_ALLOWED_HOSTS", "127.0.0.1")
+    for name in ("SMTP_URL", "SMTP_CA_FILE", "WEBHOOK_SECRET", "HTTP_HOST_CONCURRENCY", "OUTBOUND_ALLOW_PRIVATE"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 

@@ -25,16 +25,16 @@ behind a proxy the connection's address says nothing of where the call goes.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Annotated, Any, Iterable
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpcore
-import httpx
 from pydantic import AfterValidator, HttpUrl
 
 from ._failures import PermanentFailure
+
+if TYPE_CHECKING:
+    import httpx
 
 Address = IPv4Address | IPv6Address
 
@@ -145,55 +145,10 @@ def _reachable(url: HttpUrl) -> HttpUrl:
 OutboundUrl = Annotated[HttpUrl, AfterValidator(_reachable)]
 
 
-class _CheckedBackend(httpcore.NetworkBackend):
-    """httpcore's own sockets, opened only to addresses the policy lets through."""
-
-    def __init__(self, policy: Policy) -> None:
-        self._policy = policy
-        self._backend = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        addresses = _resolve(host, port)
-        for address in addresses:
-            reason = self._policy.refusal(host, address)
-            if reason:
-                raise Refused(reason)
-        failure: Exception | None = None
-        for address in addresses:  # in resolver order, as socket.create_connection tries them
-            try:
-                return self._backend.connect_tcp(str(address), port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
-                failure = error
-        assert failure is not None
-        raise failure
-
-    def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover
-        raise Refused("refused: outbound calls do not use Unix sockets")
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-def _resolve(host: str, port: int) -> list[Address]:
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as error:
-        raise httpcore.ConnectError(f"cannot resolve {host}: {error}") from error
-    return list(dict.fromkeys(ip_address(info[4][0]) for info in found))
-
-
-def client(**options: Any) -> httpx.Client:
+def client(**options: Any) -> "httpx.Client":
     """An `httpx.Client` (same options) whose every connection, redirects included, is checked."""
-    transport = httpx.HTTPTransport()
-    # httpx takes no network backend of its own; the httpcore pool under its transport does.
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=_CheckedBackend(Policy.from_env())
-    )
-    return httpx.Client(transport=transport, **options)
+    # httpx and httpcore hold ~5 MB that a process which never calls out
+    # (the web, an idle worker) need not carry.
+    from ._outbound_connections import checked_client
+
+    return checked_client(Policy.from_env(), **options)

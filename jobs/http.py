@@ -20,14 +20,16 @@ import os
 import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import Field, StringConstraints
 
 from jobs import _outbound, defaults
 from jobs._failures import PermanentFailure, TransientFailure, classified
+
+if TYPE_CHECKING:
+    import httpx
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")]
@@ -66,6 +68,8 @@ def request(
     host) that is not public fails the job at once, unless OUTBOUND_ALLOWED_HOSTS
     allows it.
     """
+    import httpx  # here, not at the top: processes that never call out need not load it
+
     url = str(url)
     limit = int(os.environ.get("HTTP_MAX_RESPONSE_BYTES") or 1024 * 1024)
     with classified():

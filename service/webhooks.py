@@ -34,7 +34,6 @@ import time
 import uuid
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from redis import Redis
 from rq import get_current_job
@@ -162,6 +161,8 @@ def deliver(job_id: str, body: str) -> dict[str, Any]:
         "webhook-signature": signature(stored["secret"], current.id, timestamp, body),
     }
     url = stored["url"]
+    import httpx  # here, not at the top: processes that never call out need not load it
+
     with classified():
         try:
             with _outbound.client(timeout=settings.webhook_timeout) as client:

@@ -180,6 +180,10 @@ def prepare(
     at = request.at
     if request.delay is not None:
         at = (now or datetime.now(timezone.utc)) + timedelta(seconds=request.delay)
+    if at is not None and at.microsecond:
+        # RQ keeps a start time in whole seconds, truncated: without rounding
+        # up, a job asked for 12:00:00.7 would run at 12:00:00, early.
+        at = at.replace(microsecond=0) + timedelta(seconds=1)
     options = {
         "timeout": request.timeout or own.get("timeout") or settings.job_timeout,
         "result_ttl": _first(request.result_ttl, own.get("result_ttl"), settings.result_ttl),

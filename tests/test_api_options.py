@@ -71,11 +71,17 @@ def test_delay_and_at_schedule_the_job(client, connection):
     delayed = post(client, {"job": "demo.add", "args": [1, 2], "delay": 120}).json
     assert delayed["status"] == "scheduled"
     due = datetime.fromisoformat(delayed["scheduled_for"])
-    assert timedelta(seconds=110) < due - datetime.now(timezone.utc) <= timedelta(seconds=120)
+    assert timedelta(seconds=110) < due - datetime.now(timezone.utc) <= timedelta(seconds=121)
     at = (datetime.now(timezone.utc) + timedelta(hours=2)).replace(microsecond=0)
     timed = post(client, {"job": "demo.add", "args": [1, 2], "at": at.isoformat()}).json
     assert datetime.fromisoformat(timed["scheduled_for"]) == at
     assert connection.llen("rq:queue:default") == 0
+
+
+def test_a_start_time_between_seconds_is_never_brought_forward(client):
+    at = (datetime.now(timezone.utc) + timedelta(hours=2)).replace(microsecond=700_000)
+    timed = post(client, {"job": "demo.add", "args": [1, 2], "at": at.isoformat()}).json
+    assert datetime.fromisoformat(timed["scheduled_for"]) == at.replace(microsecond=0) + timedelta(seconds=1)
 
 
 @pytest.mark.parametrize(

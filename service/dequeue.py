@@ -20,19 +20,24 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.defaults import RQ_KEY_PREFIX
+from rq.suspension import WORKERS_SUSPENDED as SUSPENDED_KEY
 
 #: Set of the names of workers that hold (or held) a dequeued list.
 DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 
-# KEYS: dequeued list, dequeuers set, queue keys by priority; ARGV: worker name.
-# A job already in the worker's own list (left there when registering it failed,
-# say because Redis went away) is taken again before any new one.
+# KEYS: dequeued list, dequeuers set, RQ's suspension flag, queue keys by
+# priority; ARGV: worker name. A job already in the worker's own list (left
+# there when registering it failed, say because Redis went away) is taken again
+# before any new one; none is taken while workers are suspended (`rq suspend`).
 _TAKE = """
 local held = redis.call('LINDEX', KEYS[1], 0)
 if held then
     return {'', held}
 end
-for i = 3, #KEYS do
+if redis.call('EXISTS', KEYS[3]) == 1 then
+    return 'suspended'
+end
+for i = 4, #KEYS do
     local job_id = redis.call('LMOVE', KEYS[i], KEYS[1], 'LEFT', 'RIGHT')
     if job_id then
         redis.call('SADD', KEYS[2], ARGV[1])
@@ -66,6 +71,10 @@ return 0
 """
 
 
+#: What `Dequeuer.take` returns while workers are suspended.
+SUSPENDED = "suspended"
+
+
 def dequeued_key(worker_name: str) -> str:
     return f"{RQ_KEY_PREFIX}:svc:dequeued:{worker_name}"
 
@@ -84,8 +93,11 @@ class Dequeuer:
 
         `queue key` is empty for a job that was already in the list. With
         `block`, wait up to that many seconds for a job on the first queue.
+        `SUSPENDED` while workers are suspended.
         """
-        found = self._take(keys=[self.key, DEQUEUERS_KEY, *queue_keys], args=[self.worker_name])
+        found = self._take(keys=[self.key, DEQUEUERS_KEY, SUSPENDED_KEY, *queue_keys], args=[self.worker_name])
+        if found in (SUSPENDED, SUSPENDED.encode()):
+            return SUSPENDED
         if found:
             return _text(found[0]), _text(found[1])
         if not block:

@@ -127,10 +127,12 @@ class Settings:
     shutdown_grace: float = 25.0
     #: Seconds an idle worker blocks on its first queue before looking at the others.
     dequeue_poll_interval: float = 0.25
-    #: Restart the worker process after this many jobs (0: never).
+    #: Replace the executor (the process that runs jobs) after this many jobs (0: never).
     worker_max_jobs: int = 0
-    #: Restart the worker process once it uses more than this many MiB (0: never).
-    worker_max_memory_mb: int = 0
+    #: The most an executor may use, in MiB: above it after a job, the executor
+    #: is replaced; above it during a job, the job is stopped and failed (0: no limit).
+    #: 512 MiB is the memory of Heroku's smallest dyno.
+    worker_max_memory_mb: int = 512
     #: `json` (one JSON object a line) or `text`.
     log_format: str = "json"
     #: Level of the service's own log events.

@@ -21,8 +21,11 @@ WORKER_MAX_MEMORY_MB.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import resource
+import select
 import signal
 import sys
 import threading
@@ -31,17 +34,17 @@ import time
 import psutil
 from redis import Redis
 from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import now
+from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 from rq.worker.base import signal_name
 
-from . import logs, metrics, recovery, redis_checks
+from . import executor, logs, metrics, recovery, redis_checks
 from .connection import connect
 from .dequeue import Dequeuer
 from .queues import ServiceJob, ServiceQueue
@@ -51,8 +54,10 @@ from .settings import Settings
 
 log = logging.getLogger("service.worker")
 
-#: Exit status of a work-horse that could not write the job's start or outcome to Redis.
-EXIT_UNRECORDED = 75  # EX_TEMPFAIL
+EXIT_UNRECORDED = executor.EXIT_UNRECORDED
+
+#: Seconds between two looks of the supervisor at its executor (memory, timeout, heartbeat due).
+_TICK = 1.0
 
 #: Statuses of a job that must not run again when its id is met on a queue.
 _NOT_RUNNABLE = {
@@ -90,8 +95,10 @@ class ReliableWorker(ServiceWorker):
         self._horse_status: int | None = None
         self._last_trouble: tuple[str, float] = ("", 0.0)
         self._stop_reason = ""
-        self.recycle_reason = ""
-        self._jobs_done = 0
+        self._current: executor.CurrentJob | None = None
+        self._running_cache = None
+        self._kill_reason = ""
+        self._memory_strikes: dict[str, int] = {}
         self._last_beat = 0.0
         self._next_sweep = 0.0
         kwargs.setdefault("job_monitoring_interval", max(1, int(settings.worker_heartbeat_interval)))
@@ -119,37 +126,173 @@ class ReliableWorker(ServiceWorker):
             return float(self.settings.worker_heartbeat_interval)
         return self.settings.dequeue_poll_interval
 
-    # -- taking jobs ----------------------------------------------------------
-    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
-        """Next (job, queue), or None: stop requested, idle too long, or (burst: `timeout` None) empty."""
-        burst = timeout is None
-        self._set_state_safely(WorkerStatus.IDLE)
-        self.procline("Listening on " + ",".join(self.queue_names()))
-        idle_since = time.monotonic()
-        delay = 0.25
-        while not self._stop_requested:
+    # -- supervising the executor ----------------------------------------------
+    def work(self, burst: bool = False, logging_level: str | None = "INFO", with_scheduler: bool = False, **_) -> bool:
+        """Run jobs (in an executor, `service.executor`) until stopped or, with `burst`, until the queues are empty."""
+        self.bootstrap(logging_level)
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level)
+        self._install_signal_handlers()
+        worked = False
+        try:
+            while not self._stop_requested:
+                self.check_for_suspension(burst)
+                if self._stop_requested:
+                    break
+                code, worked_now = self._run_executor(burst)
+                worked = worked or worked_now
+                if burst and code in (executor.EXIT_DONE, executor.EXIT_SUSPENDED):
+                    break
+        except StopRequested:
+            pass
+        finally:
+            self.teardown()
+        return worked
+
+    def _run_executor(self, burst: bool) -> tuple[int, bool]:
+        """Fork an executor, heartbeat for it until it exits, settle the job it left; its exit code."""
+        current = executor.CurrentJob()
+        exited_r, exited_w = os.pipe()  # EOF on `exited_r` when the executor is gone
+        pid = os.fork()
+        if pid == 0:
+            os.close(exited_r)
+            code = 70  # EX_SOFTWARE, should the loop itself raise
             try:
-                self.housekeeping()
-                taken = self.dequeuer.take(
-                    [queue.key for queue in self._ordered_queues], block=None if burst else self._block_seconds()
-                )
-                delay = 0.25
-                if taken is None:
-                    if burst:
-                        return None
-                    if max_idle_time is not None and time.monotonic() - idle_since > max_idle_time:
-                        return None
-                    continue
-                result = self._load(*taken)
-                if result is not None:
-                    self.reorder_queues(reference_queue=result[1])
-                    return result
+                os.setpgrp()  # its own group: killing it (and what a job forked) spares the supervisor
+                executor.die_with_parent()
+                code = executor.run(self, current, burst)
+            except BaseException:
+                log.exception("executor failed")
+            finally:
+                os._exit(code)
+        os.close(exited_w)
+        self._horse_pid, self._current, self._kill_reason = pid, current, ""
+        started = time.monotonic()
+        logs.event(log, "worker.executor_started", worker=self.name, pid=pid)
+        try:
+            status = self._watch(pid, exited_r)
+        finally:
+            os.close(exited_r)
+            self._horse_pid, self._current = 0, None
+        job_id = current.get()
+        worked = current.ran
+        current.close()
+        code = os.waitstatus_to_exitcode(status)
+        if job_id:
+            self._settle(job_id, status)
+        if code == executor.EXIT_RECYCLE:
+            logs.event(log, "worker.executor_recycled", worker=self.name, pid=pid)
+        elif code not in (executor.EXIT_DONE, executor.EXIT_SUSPENDED, executor.EXIT_UNRECORDED):
+            logs.event(log, "worker.executor_died", level=logging.WARNING, worker=self.name, pid=pid,
+                       status=_describe_exit(status), reason=self._kill_reason or "crashed", job_id=job_id or None)
+            if time.monotonic() - started < 1 and not job_id:
+                self._pause(1.0)  # one that dies at once would otherwise be reforked in a tight loop
+        return code, worked
+
+    def _watch(self, pid: int, exited) -> int:
+        """Heartbeat and housekeeping until the executor exits; its wait status."""
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            try:
+                self._tick()
             except RedisError as error:
                 self._redis_trouble(error)
-                self._pause(delay)
-                delay = min(delay * 2, 2.0)
+            # Wakes at once when the executor exits (its end of the pipe closes).
+            select.select([exited], [], [], _TICK)
+
+    def _tick(self) -> None:
+        """What the supervisor does every second: heartbeats, sweeps, limits on the running job."""
+        job_id = self._current.get() if self._current else ""
+        running = self._running(job_id) if job_id else None
+        clock = time.monotonic()
+        if clock - self._last_beat >= self.settings.worker_heartbeat_interval:
+            if running:
+                self.maintain_heartbeats(*running)
+            else:
+                self.heartbeat()
+                self._set_state_safely(WorkerStatus.IDLE)
+        if clock >= self._next_sweep:
+            self._next_sweep = clock + self.settings.recovery_interval
+            self.recovery.sweep()
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+        if running:
+            self._enforce_limits(*running)
+
+    def _running(self, job_id: str):
+        """(job, execution) of the executor's job once it is claimed, else None; fetched once a job."""
+        cached = self._running_cache
+        if cached and cached[0].id == job_id:
+            return cached
+        for key in self.connection.smembers(self.executions_key):
+            owner, execution_id = as_text(key).split(":", 1)
+            if owner == job_id:
+                try:
+                    job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+                except NoSuchJobError:
+                    return None
+                self._running_cache = (job, Execution(id=execution_id, job_id=job_id, connection=self.connection))
+                return self._running_cache
         return None
 
+    def _enforce_limits(self, job, execution) -> None:
+        """Stop an executor whose job outgrows WORKER_MAX_MEMORY_MB, or ignores its timeout (stuck in C code)."""
+        max_mb = self.settings.worker_max_memory_mb
+        if max_mb and self._horse_pid:
+            try:
+                used = psutil.Process(self._horse_pid).memory_info().rss / 2**20
+            except psutil.Error:
+                return
+            # Over at two looks a second apart: a job that ends on its own in
+            # between leaves a fresh executor instead (`recycle_reason`).
+            over = used > max_mb
+            strikes = self._memory_strikes.get(job.id, 0) + 1 if over else 0
+            self._memory_strikes = {job.id: strikes}
+            if strikes >= 2:
+                self._kill_executor(f"the job used {used:.0f} MiB, more than WORKER_MAX_MEMORY_MB={max_mb}")
+                return
+        if job.timeout not in (None, -1) and job.started_at:
+            working = (now() - job.started_at).total_seconds()
+            if working > job.timeout + 60:
+                self._kill_executor(f"the job ran {working:.0f}s and did not stop at its timeout ({job.timeout}s)")
+
+    def _kill_executor(self, reason: str) -> None:
+        self._kill_reason = reason
+        self.kill_horse(signal.SIGKILL)
+
+    def _settle(self, job_id: str, status: int) -> None:
+        """The executor ended inside a job: fail it with the reason, retry or requeue it, as RQ would a work-horse."""
+        self._running_cache = None
+        try:
+            if job_id in self.dequeuer.held():
+                return  # never claimed: the next executor takes it first
+            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            execution = next(
+                (Execution(id=as_text(key).split(":", 1)[1], job_id=job_id, connection=self.connection)
+                 for key in self.connection.smembers(self.executions_key) if as_text(key).split(":", 1)[0] == job_id),
+                None,
+            )
+            if execution is None or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
+                return  # not claimed by us, or its outcome is recorded
+            queue = self.queue_class(job.origin, connection=self.connection, job_class=self.job_class,
+                                     serializer=self.serializer)
+            if self._stopped_job_id == job.id:
+                self._handle_stopped_job(job, queue, execution)
+                return
+            job.ended_at = now()
+            reason = self._kill_reason or "it crashed"
+            exc_string = f"Work-horse terminated unexpectedly: {reason} ({_describe_exit(status)})"
+            self.handle_work_horse_killed(job, 0, status, None)
+            self.handle_job_failure(job, queue=queue, exc_string=exc_string, execution=execution)
+        except NoSuchJobError:
+            return
+        except RedisError as error:
+            # Recovery settles it later from the execution left in the started registry.
+            self._redis_trouble(error)
+
+    # -- taking jobs (in the executor) --------------------------------------------
     def _load(self, queue_key: str, job_id: str):
         try:
             job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
@@ -199,6 +342,8 @@ class ReliableWorker(ServiceWorker):
             # Started from here on, so that a started registry never holds a
             # waiting job (RQ's own cleanup would drop it).
             job.set_status(JobStatus.STARTED, pipeline=pipe)
+            # Named with its status, so that a job seen started can be stopped at once.
+            pipe.hset(job.key, "worker_name", self.name)
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
 
         if not self.dequeuer.claim(job.id, register):
@@ -208,29 +353,7 @@ class ReliableWorker(ServiceWorker):
         self.executions[execution.id] = execution
         return execution
 
-    def execute_job(self, job, queue):
-        try:
-            execution = self._claim(job)
-            if execution is None:
-                return
-            self._jobs_done += 1
-            self.fork_work_horse(job, queue)
-            self.monitor_work_horse(job, queue, execution)
-        except RedisError as error:
-            # The horse has been reaped; what it could not record, recovery will
-            # find from the execution it left behind.
-            self._redis_trouble(error)
-        finally:
-            self._set_state_safely(WorkerStatus.IDLE)
-            self._check_recycle()
-
-    # -- in the work-horse ----------------------------------------------------
-    def setup_work_horse_signals(self):
-        # Heroku signals every process of the dyno: the job keeps running and
-        # the main process decides when to stop it (SHUTDOWN_GRACE).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
+    # -- in the executor --------------------------------------------------------
     def perform_job(self, job, queue, execution) -> bool:
         try:
             return super().perform_job(job, queue, execution)
@@ -326,21 +449,20 @@ class ReliableWorker(ServiceWorker):
         self._stop_requested = True
         self._stop_reason = name
         logs.event(log, "worker.stopping", worker=self.name, signal=name, grace=self.settings.shutdown_grace)
+        if self._horse_pid:  # it finishes its job, takes no other (Heroku signals it too)
+            with contextlib.suppress(OSError):
+                os.kill(self._horse_pid, signal.SIGTERM)
         timer = threading.Timer(self.settings.shutdown_grace, self._interrupt_job)
         timer.daemon = True
         timer.start()
 
     def _interrupt_job(self) -> None:
-        """Stop the running job's work-horse; `handle_job_failure` then requeues the job."""
-        pid = self._horse_pid
-        running = next(iter(self.executions.values()), None)
-        if not pid or running is None:
+        """Stop the executor's running job; `handle_job_failure` then requeues it."""
+        job_id = self._current.get() if self._current else ""
+        if not self._horse_pid or not job_id:
             return
-        self._interrupted_job_id = running.job_id
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except OSError:
-            pass  # it has just ended by itself
+        self._interrupted_job_id = job_id
+        self._kill_executor("the worker was stopped")
 
     def check_for_suspension(self, burst: bool):
         try:
@@ -361,8 +483,7 @@ class ReliableWorker(ServiceWorker):
             super().teardown()
         except RedisError as error:
             self._redis_trouble(error)
-        logs.event(log, "worker.stopped", worker=self.name, jobs=self._jobs_done,
-                   reason=self.recycle_reason or self._stop_reason or "done")
+        logs.event(log, "worker.stopped", worker=self.name, reason=self._stop_reason or "done")
 
     def unsubscribe(self):
         # RQ waits up to 1 s for its pub/sub thread, a daemon; a stopping worker
@@ -377,31 +498,19 @@ class ReliableWorker(ServiceWorker):
             if not self.pubsub_thread.is_alive():
                 self.pubsub.close()
 
-    def _check_recycle(self) -> None:
-        if self.recycle_reason:
-            return
+    def recycle_reason(self, jobs_done: int) -> str:
+        """Why the executor should make way for a fresh one after `jobs_done` jobs ("" to go on)."""
         max_jobs, max_mb = self.settings.worker_max_jobs, self.settings.worker_max_memory_mb
-        if max_jobs and self._jobs_done >= max_jobs:
-            self.recycle_reason = f"ran {self._jobs_done} jobs (WORKER_MAX_JOBS={max_jobs})"
-        elif max_mb:
-            used = psutil.Process().memory_info().rss / 2**20
-            if used > max_mb:
-                self.recycle_reason = f"uses {used:.0f} MiB (WORKER_MAX_MEMORY_MB={max_mb})"
-        if self.recycle_reason:
-            self._stop_requested = True
+        if max_jobs and jobs_done >= max_jobs:
+            return f"ran {jobs_done} jobs (WORKER_MAX_JOBS={max_jobs})"
+        if max_mb:
+            # The high-water mark: one read of getrusage, cheap enough after every job.
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+            if peak > max_mb:
+                return f"used {peak:.0f} MiB (WORKER_MAX_MEMORY_MB={max_mb})"
+        return ""
 
     # -- staying alive --------------------------------------------------------
-    def housekeeping(self) -> None:
-        """Heartbeat, sweep for stranded jobs, RQ's maintenance: each when due."""
-        clock = time.monotonic()
-        if clock - self._last_beat >= self.settings.worker_heartbeat_interval:
-            self.heartbeat()
-        if clock >= self._next_sweep:
-            self._next_sweep = clock + self.settings.recovery_interval
-            self.recovery.sweep()
-        if self.should_run_maintenance_tasks:
-            self.run_maintenance_tasks()
-
     def heartbeat(self, timeout=None, pipeline=None):
         if pipeline is not None:
             return super().heartbeat(timeout, pipeline)
@@ -466,7 +575,7 @@ def build_worker(
         queues,
         settings=settings,
         connection=connection,
-        job_class=ServiceJob,
+        job_class=options.pop("job_class", ServiceJob),
         queue_class=ServiceQueue,
         serializer=JSONSerializer,
         **options,
@@ -476,7 +585,7 @@ def build_worker(
 
 
 def run(settings: Settings) -> None:
-    """The worker process: until SIGTERM, through Redis outages; recycled by exec when due."""
+    """The worker process: until SIGTERM, through Redis outages."""
     connection = connect(settings)
     redis_checks.startup(connection, settings)
     while True:
@@ -487,8 +596,6 @@ def run(settings: Settings) -> None:
             worker.work(with_scheduler=True)
         except RedisError as error:
             worker._redis_trouble(error)
-        if worker.recycle_reason:
-            _recycle(worker.recycle_reason)
         if worker._stop_requested:
             return
         # The work loop ended without being asked to (Redis went away at a bad
@@ -506,10 +613,8 @@ def _stop_on_signal() -> None:
     signal.signal(signal.SIGINT, stop)
 
 
-def _recycle(reason: str) -> None:
-    logs.event(log, "worker.recycling", reason=reason, pid=os.getpid())
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        return f"killed by {signal_name(number)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

@@ -1,7 +1,8 @@
 """`python -m tests.crashing_worker`: the service's worker, crashing (SIGKILL) right after a dequeue.
 
-It takes a job off the queues exactly as `worker.py` does, then dies before it
-can register the job as started: the moment at which plain RQ loses the job.
+Its executor takes a job off the queues exactly as `worker.py`'s does, then the
+whole worker (supervisor and executor) dies before it can register the job as
+started: the moment at which plain RQ loses the job.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from service.worker import ReliableWorker, build_worker
 class CrashingRightAfterDequeue(ReliableWorker):
     def _load(self, queue_key: str, job_id: str):
         logs.event(logging.getLogger("tests"), "test.crashing", job_id=job_id)
+        os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

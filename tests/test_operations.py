@@ -198,21 +198,22 @@ def test_processes_log_one_json_event_per_step_with_the_job_id_and_name(redis_ur
     assert [e for e in worker if e.get("event") == "job.finished"][0]["duration"] >= 0
 
 
-@pytest.mark.parametrize("env, recycles", [({"WORKER_MAX_JOBS": "2"}, 2), ({"WORKER_MAX_MEMORY_MB": "1"}, 5)])
-def test_the_worker_process_recycles_itself(redis_url, connection, settings, tmp_path, env, recycles):
+def test_the_worker_runs_each_batch_of_worker_max_jobs_in_a_fresh_executor(redis_url, connection, settings, tmp_path):
     token = uuid.uuid4().hex
     job_ids = chaos.enqueue_canaries(connection, settings, 5, token=token)
     log = tmp_path / "worker.log"
-    with chaos.worker(redis_url, log, **env) as worker:
+    with chaos.worker(redis_url, log, WORKER_MAX_JOBS="2") as worker:
         wait_for(lambda: set(chaos.statuses(connection, job_ids).values()) == {"finished"}, timeout=60,
                  what="every job to finish")
-        wait_for(lambda: len([e for e in chaos.log_events(log) if e.get("event") == "worker.recycling"]) >= recycles,
-                 timeout=30, what="the worker to recycle")
+        wait_for(lambda: len([e for e in chaos.log_events(log) if e.get("event") == "worker.executor_recycled"]) >= 2,
+                 timeout=30, what="the executor to be recycled")
         assert worker.poll() is None
         events = chaos.log_events(log)
     started = [e for e in events if e.get("event") == "worker.started"]
-    assert {e["pid"] for e in started} == {worker.pid}, "recycled in place: same process id, fresh interpreter"
-    assert len({e["worker"] for e in started}) == len(started) >= recycles
+    assert [e["pid"] for e in started] == [worker.pid], "one worker process throughout"
+    executors = [e["pid"] for e in events if e.get("event") == "worker.executor_started"]
+    assert len(set(executors)) == len(executors) >= 3, "a fresh executor after every 2 jobs"
+    assert worker.pid not in executors
     assert chaos.Records(connection, token).runs() == {job_id: 1 for job_id in job_ids}
 
 

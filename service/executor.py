@@ -1,0 +1,178 @@
+"""The executor: the one long-lived child of a worker that runs its jobs.
+
+RQ forks a work-horse for every job, which costs more than a short job itself
+(a fork, a fresh connection, a dozen Redis round trips of bookkeeping). A
+worker of this service forks an *executor* once and reforks it only when it
+must: the executor takes job after job and runs each in-process, while the
+worker process (the supervisor) never runs job code, heartbeats for both,
+answers RQ's commands and watches the executor. A job that crashes the
+interpreter, is killed, or outgrows WORKER_MAX_MEMORY_MB takes only the
+executor down: the supervisor fails that job with the reason (or requeues it,
+per its retries) and forks a new executor within milliseconds.
+
+The executor says which job it runs through `CurrentJob`, a few hundred bytes
+of memory shared with the supervisor, written before the job is claimed and
+cleared once its outcome is recorded: no pipe, no system call per job.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import mmap
+import os
+import random
+import signal
+import struct
+
+from redis.exceptions import RedisError
+
+from . import logs
+from .dequeue import SUSPENDED
+
+log = logging.getLogger("service.worker")
+
+#: The executor's exit statuses (anything else, or a signal, is a crash).
+EXIT_DONE = 0  # stopped, or (burst) the queues are empty
+EXIT_RECYCLE = 3  # WORKER_MAX_JOBS or WORKER_MAX_MEMORY_MB reached between two jobs
+EXIT_SUSPENDED = 4  # `rq suspend`: the supervisor waits for `rq resume`
+EXIT_UNRECORDED = 75  # EX_TEMPFAIL: Redis refused the job's start or outcome
+
+
+class CurrentJob:
+    """The id of the job the executor runs, in memory shared across fork (a seqlock).
+
+    The executor writes, the supervisor reads; a sequence number that is odd
+    while a write is under way lets a read that overlapped one try again.
+    """
+
+    SIZE = 4096
+    _HEADER = struct.Struct("QH")  # sequence, id length
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, self.SIZE)
+
+    def set(self, job_id: str) -> None:
+        data = job_id.encode()[: self.SIZE - self._HEADER.size - 1]
+        if data:
+            self._memory[self.SIZE - 1] = 1
+        sequence = self._sequence()
+        self._HEADER.pack_into(self._memory, 0, sequence + 1, 0)
+        self._memory[self._HEADER.size: self._HEADER.size + len(data)] = data
+        self._HEADER.pack_into(self._memory, 0, sequence + 2, len(data))
+
+    def clear(self) -> None:
+        self.set("")
+
+    def get(self) -> str:
+        for _ in range(1000):
+            sequence, length = self._HEADER.unpack_from(self._memory, 0)
+            if sequence % 2:
+                continue
+            data = self._memory[self._HEADER.size: self._HEADER.size + length]
+            if self._sequence() == sequence:
+                return data.decode(errors="replace")
+        return ""
+
+    @property
+    def ran(self) -> bool:
+        """Whether the executor has started a job at all (burst mode reports it)."""
+        return self._memory[self.SIZE - 1] == 1
+
+    def _sequence(self) -> int:
+        return self._HEADER.unpack_from(self._memory, 0)[0]
+
+    def close(self) -> None:
+        self._memory.close()
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux).
+
+    An executor whose supervisor was killed must not run on unseen: recovery
+    gives the supervisor's jobs to other workers once its heartbeat stops.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name or not hasattr(os, "getppid"):
+        return
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the executor checks its parent between jobs
+        pass
+
+
+class _Stop(Exception):
+    """SIGTERM while waiting for a job: stop waiting."""
+
+
+def run(worker, current: CurrentJob, burst: bool) -> int:
+    """The executor's loop, in the forked child of `worker`: take, claim, run, record; its exit status.
+
+    Taking, claiming and recording are the worker's own (RQ's) methods, so a
+    job runs exactly as in a work-horse, only without a fork per job.
+    """
+    parent = os.getppid()
+    random.seed()
+    worker._is_horse = True
+    idle = True
+
+    def stop(signum, frame):
+        worker._stop_requested = True
+        if idle:
+            raise _Stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    queue_keys = [queue.key for queue in worker._ordered_queues]
+    jobs = 0
+    delay = 0.25
+    try:
+        while not worker._stop_requested:
+            if os.getppid() != parent:
+                return EXIT_DONE  # the supervisor is gone (no PDEATHSIG here): recovery has our jobs
+            try:
+                taken = worker.dequeuer.take(queue_keys, block=None if burst else worker._block_seconds())
+            except RedisError as error:
+                worker._redis_trouble(error)
+                worker._pause(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.25
+            if taken is SUSPENDED:
+                return EXIT_SUSPENDED
+            if taken is None:
+                if burst:
+                    return EXIT_DONE
+                continue
+            if worker._stop_requested:
+                return EXIT_DONE  # what was taken stays in the dequeued list: the supervisor gives it back
+            idle = False
+            try:
+                loaded = worker._load(*taken)
+                if loaded is not None:
+                    job, queue = loaded
+                    # Written before the claim, so that whatever kills this process
+                    # after it, the supervisor knows which job to settle.
+                    current.set(job.id)
+                    execution = worker._claim(job)
+            except RedisError as error:
+                worker._redis_trouble(error)
+                loaded = execution = None
+            if loaded is None or execution is None:
+                current.clear()
+                idle = True
+                continue
+            os.environ["RQ_JOB_ID"] = job.id
+            worker.perform_job(job, queue, execution)
+            current.clear()
+            idle = True
+            jobs += 1
+            reason = worker.recycle_reason(jobs)
+            if reason:
+                logs.event(log, "worker.executor_recycling", worker=worker.name, reason=reason, pid=os.getpid())
+                return EXIT_RECYCLE
+    except _Stop:
+        pass
+    return EXIT_DONE

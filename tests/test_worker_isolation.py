@@ -1,0 +1,87 @@
+"""A job that crashes the interpreter or grows without bound takes down its executor, not the worker.
+
+A real worker process (`tests.misbehaving_worker`: the service's worker, also
+allowed to run `tests.misbehaving_jobs`) against the test Redis.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from service.queues import ServiceJob, fetch_job
+from tests import chaos, processes
+from tests.conftest import wait_for
+
+
+def _worker(redis_url, log_path, **env):
+    return processes.running([sys.executable, "-m", "tests.misbehaving_worker"], chaos.worker_env(redis_url, **env),
+                             log_path)
+
+
+def _enqueue(connection, name: str, **kwargs) -> str:
+    queue = Queue("default", connection=connection, serializer=JSONSerializer, job_class=ServiceJob)
+    return queue.enqueue(f"tests.misbehaving_jobs.{name}", kwargs=kwargs).id
+
+
+def _failure(connection, job_id: str) -> str:
+    result = fetch_job(job_id, connection).latest_result()
+    return result.exc_string if result else ""
+
+
+def _back_at_work(connection, settings, token: str) -> float:
+    """Seconds until three jobs enqueued now have run."""
+    since = time.monotonic()
+    job_ids = chaos.enqueue_canaries(connection, settings, 3, token=token)
+    wait_for(lambda: set(chaos.statuses(connection, job_ids).values()) == {"finished"}, timeout=15,
+             interval=0.02, what="the worker to run jobs again")
+    return time.monotonic() - since
+
+
+def _executors(log_path) -> list[int]:
+    return [event["pid"] for event in chaos.log_events(log_path) if event.get("event") == "worker.executor_started"]
+
+
+def test_a_job_that_segfaults_fails_with_the_reason_and_the_worker_goes_on(connection, settings, redis_url, tmp_path):
+    log = tmp_path / "worker.log"
+    with _worker(redis_url, log) as worker:
+        job_id = _enqueue(connection, "segfault")
+        wait_for(lambda: chaos.statuses(connection, [job_id])[job_id] == "failed", timeout=30,
+                 what="the crashing job to fail")
+        assert "SIGSEGV" in _failure(connection, job_id)
+        seconds = _back_at_work(connection, settings, uuid.uuid4().hex)
+        assert worker.poll() is None, "the worker process itself must survive"
+        executors = _executors(log)
+    print(f"\nback at work {seconds:.2f}s after the crash")
+    assert len(set(executors)) >= 2 and worker.pid not in executors
+    assert not connection.zrange("rq:wip:default", 0, -1), "a job is still registered as started"
+
+
+def test_a_job_that_grows_past_the_memory_limit_is_stopped_and_fails_with_the_reason(
+    connection, settings, redis_url, tmp_path
+):
+    with _worker(redis_url, tmp_path / "worker.log", WORKER_MAX_MEMORY_MB="200") as worker:
+        job_id = _enqueue(connection, "balloon")
+        wait_for(lambda: chaos.statuses(connection, [job_id])[job_id] == "failed", timeout=30,
+                 what="the ballooning job to be stopped")
+        reason = _failure(connection, job_id)
+        assert "more than WORKER_MAX_MEMORY_MB=200" in reason, reason
+        _back_at_work(connection, settings, uuid.uuid4().hex)
+        assert worker.poll() is None
+
+
+def test_an_executor_that_leaks_from_job_to_job_is_replaced_between_jobs(connection, settings, redis_url, tmp_path):
+    log = tmp_path / "worker.log"
+    with _worker(redis_url, log, WORKER_MAX_MEMORY_MB="150") as worker:
+        job_ids = [_enqueue(connection, "leak", mb=40) for _ in range(8)]
+        wait_for(lambda: set(chaos.statuses(connection, job_ids).values()) == {"finished"}, timeout=60,
+                 what="every leaking job to finish")
+        assert worker.poll() is None
+        held = [fetch_job(job_id, connection).return_value() for job_id in job_ids]
+        executors = _executors(log)
+    # Each job returns how many 40 MiB blocks its executor held: bounded, not growing with the job count.
+    assert max(held) <= 4, held
+    assert len(executors) >= 3

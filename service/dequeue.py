@@ -16,23 +16,42 @@ idle worker; with one queue the worker simply blocks.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError
 from rq.defaults import RQ_KEY_PREFIX
+from rq.job import Job
 from rq.suspension import WORKERS_SUSPENDED as SUSPENDED_KEY
+
+from .webhooks import KEY_PREFIX as WEBHOOK_KEY_PREFIX
 
 #: Set of the names of workers that hold (or held) a dequeued list.
 DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 
 # KEYS: dequeued list, dequeuers set, RQ's suspension flag, queue keys by
-# priority; ARGV: worker name. A job already in the worker's own list (left
-# there when registering it failed, say because Redis went away) is taken again
-# before any new one; none is taken while workers are suspended (`rq suspend`).
+# priority; ARGV: worker name, job key prefix, webhook key prefix, then the
+# deferred writes (see `_CLAIM` for their form; counters of the previous job,
+# run first, their errors ignored: a count must never cost a job). A job
+# already in the worker's own list (left there when registering it failed, say
+# because Redis went away) is taken again before any new one; none is taken
+# while workers are suspended (`rq suspend`). Returns the queue key (empty for
+# a held job), the job id, its record (HGETALL) and whether a webhook waits for
+# its outcome: what the worker reads next, in the same round trip.
 _TAKE = """
+local i = 4
+while i <= #ARGV do
+    local length = tonumber(ARGV[i])
+    redis.pcall(unpack(ARGV, i + 1, i + length))
+    i = i + length + 1
+end
+local function found(queue_key, job_id)
+    return {queue_key, job_id, redis.call('HGETALL', ARGV[2] .. job_id), redis.call('EXISTS', ARGV[3] .. job_id)}
+end
 local held = redis.call('LINDEX', KEYS[1], 0)
 if held then
-    return {'', held}
+    return found('', held)
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
     return 'suspended'
@@ -41,10 +60,26 @@ for i = 4, #KEYS do
     local job_id = redis.call('LMOVE', KEYS[i], KEYS[1], 'LEFT', 'RIGHT')
     if job_id then
         redis.call('SADD', KEYS[2], ARGV[1])
-        return {KEYS[i], job_id}
+        return found(KEYS[i], job_id)
     end
 end
 return false
+"""
+
+# KEYS: dequeued list; ARGV: job id, then commands, each as its length and its
+# words. Runs the commands only if the job is still in the list, taking it out:
+# the job leaves the list in the same atomic step that registers it as started.
+_CLAIM = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+    return 0
+end
+local i = 2
+while i <= #ARGV do
+    local length = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + length))
+    i = i + length + 1
+end
+return 1
 """
 
 # KEYS: dequeued list, job hash, queue key; ARGV: job id.
@@ -73,6 +108,19 @@ return 0
 
 #: What `Dequeuer.take` returns while workers are suspended.
 SUSPENDED = "suspended"
+#: Where RQ keeps a job's record.
+JOB_KEY_PREFIX = Job.redis_job_namespace_prefix
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A job moved into a worker's list: where from, and (when read with it) its record."""
+
+    queue_key: str
+    job_id: str
+    #: The job's hash as HGETALL returns it; None when it was not read along (`block`).
+    record: dict | None = None
+    has_webhook: bool | None = None
 
 
 def dequeued_key(worker_name: str) -> str:
@@ -87,19 +135,28 @@ class Dequeuer:
         self.worker_name = worker_name
         self.key = dequeued_key(worker_name)
         self._take = connection.register_script(_TAKE)
+        self._claim = connection.register_script(_CLAIM)
+        self._encode = connection.get_encoder().encode
+        #: Writes that may wait for the next take (`metrics.finished_writes`): queued, not sent.
+        self.deferred: Pipeline = connection.pipeline(transaction=False)
 
-    def take(self, queue_keys: list[str], block: float | None = None) -> tuple[str, str] | None:
-        """Move the next job id into this worker's list: `(queue key or "", job id)`.
+    def take(self, queue_keys: list[str], block: float | None = None) -> Taken | str | None:
+        """Move the next job id into this worker's list and read its record.
 
-        `queue key` is empty for a job that was already in the list. With
+        `Taken.queue_key` is empty for a job that was already in the list. With
         `block`, wait up to that many seconds for a job on the first queue.
         `SUSPENDED` while workers are suspended.
         """
-        found = self._take(keys=[self.key, DEQUEUERS_KEY, SUSPENDED_KEY, *queue_keys], args=[self.worker_name])
+        found = self._take(
+            keys=[self.key, DEQUEUERS_KEY, SUSPENDED_KEY, *queue_keys],
+            args=[self.worker_name, JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, *self._words(self.deferred)],
+        )
+        self.deferred.reset()
         if found in (SUSPENDED, SUSPENDED.encode()):
             return SUSPENDED
         if found:
-            return _text(found[0]), _text(found[1])
+            queue_key, job_id, flat, webhook = found
+            return Taken(_text(queue_key), _text(job_id), dict(zip(flat[::2], flat[1::2])), bool(webhook))
         if not block:
             return None
         with self.connection.pipeline(transaction=False) as pipe:
@@ -107,29 +164,36 @@ class Dequeuer:
             pipe.sadd(DEQUEUERS_KEY, self.worker_name)
             pipe.blmove(queue_keys[0], self.key, block, "LEFT", "RIGHT")
             _, job_id = pipe.execute()
-        return (queue_keys[0], _text(job_id)) if job_id else None
+        return Taken(queue_keys[0], _text(job_id)) if job_id else None
 
     def claim(self, job_id: str, register) -> bool:
-        """Run `register(pipeline)` and take `job_id` out of the list, atomically.
+        """Run `register(pipeline)` and take `job_id` out of the list, atomically, in one round trip.
 
         `register` queues the writes that record the job as started (RQ's
         execution). False, writing nothing, when the job is no longer in this
         list: recovery gave it back because this worker looked dead.
         """
         with self.connection.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.key)
-                    if pipe.lpos(self.key, job_id) is None:
-                        pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    register(pipe)
-                    pipe.lrem(self.key, 1, job_id)
-                    pipe.execute()
-                    return True
-                except WatchError:
-                    continue
+            register(pipe)  # only queued: sent below as the script's arguments
+            words = self._words(pipe)
+            pipe.reset()
+        return self._claim(keys=[self.key], args=[job_id, *words]) == 1
+
+    def flush_deferred(self) -> None:
+        """Send the deferred writes now (the worker stops, or waits): best effort, like the counts they are."""
+        try:
+            self.deferred.execute(raise_on_error=False)
+        except RedisError:
+            self.deferred.reset()
+
+    def _words(self, pipe: Pipeline) -> list:
+        """The commands queued on `pipe` as script arguments: each its length, then its words."""
+        encode = self._encode
+        words: list = []
+        for args, _options in pipe.command_stack:
+            words.append(len(args))
+            words.extend(encode(arg) for arg in args)
+        return words
 
     def drop(self, job_id: str, pipeline: Pipeline | None = None) -> None:
         """Forget a job id that must not run (unknown, unreadable, already done)."""
@@ -150,7 +214,6 @@ def give_back(connection: Redis, worker_name: str) -> int:
     Safe against the worker itself and other callers running at the same time:
     each job moves in one script, and only from the list.
     """
-    from rq.job import Job
     from rq.queue import Queue
 
     key = dequeued_key(worker_name)

@@ -150,7 +150,7 @@ def run(worker, current: CurrentJob, burst: bool) -> int:
                 return EXIT_DONE  # what was taken stays in the dequeued list: the supervisor gives it back
             idle = False
             try:
-                loaded = worker._load(*taken)
+                loaded = worker._load(taken)
                 if loaded is not None:
                     job, queue = loaded
                     # Written before the claim, so that whatever kills this process
@@ -175,4 +175,6 @@ def run(worker, current: CurrentJob, burst: bool) -> int:
                 return EXIT_RECYCLE
     except _Stop:
         pass
+    finally:
+        worker.dequeuer.flush_deferred()
     return EXIT_DONE

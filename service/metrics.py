@@ -54,16 +54,18 @@ def _safely(connection: Redis, write) -> None:
 
 
 def record_finished(connection: Redis, job_name: str, duration: float | None) -> None:
-    def write(pipe):
-        pipe.sadd(JOB_NAMES_KEY, job_name)
-        pipe.hincrby(_counter_key("finished"), job_name, 1)
-        if duration is not None:
-            key = _duration_key(job_name)
-            pipe.hincrby(key, _bucket(duration), 1)
-            pipe.hincrby(key, "count", 1)
-            pipe.hincrbyfloat(key, "sum", duration)
+    _safely(connection, lambda pipe: finished_writes(pipe, job_name, duration))
 
-    _safely(connection, write)
+
+def finished_writes(pipe, job_name: str, duration: float | None) -> None:
+    """Queue on `pipe` the counting of a finished job (a worker sends them with its next take)."""
+    pipe.sadd(JOB_NAMES_KEY, job_name)
+    pipe.hincrby(_counter_key("finished"), job_name, 1)
+    if duration is not None:
+        key = _duration_key(job_name)
+        pipe.hincrby(key, _bucket(duration), 1)
+        pipe.hincrby(key, "count", 1)
+        pipe.hincrbyfloat(key, "sum", duration)
 
 
 def record_failed(connection: Redis, job_name: str) -> None:

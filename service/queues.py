@@ -42,6 +42,9 @@ class ServiceJob(Job):
     #: The job's place in its queue, when this process has just put it there
     #: and learnt it for free (a later look costs an O(n) LPOS).
     known_position: int | None = None
+    #: Whether a webhook waits for this job's outcome, when the worker learnt it
+    #: for free while taking the job (None: look it up).
+    has_webhook: bool | None = None
 
     def __init__(self, id=None, connection=None, serializer=None):
         super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)

@@ -98,7 +98,8 @@ def job_ended(job, status: str) -> str | None:
     Never raises: the job's outcome is already saved, and a webhook must not change it.
     """
     try:
-        if not job.connection.exists(key(job.id)):
+        known = getattr(job, "has_webhook", None)  # learnt by the worker when it took the job
+        if not (known if known is not None else job.connection.exists(key(job.id))):
             return None
         return _enqueue_delivery(job, status)
     except Exception:

@@ -44,9 +44,9 @@ from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 from rq.worker.base import signal_name
 
-from . import executor, logs, metrics, recovery, redis_checks
+from . import events, executor, logs, metrics, recovery, redis_checks
 from .connection import connect
-from .dequeue import Dequeuer
+from .dequeue import Dequeuer, Taken
 from .queues import ServiceJob, ServiceQueue
 from .worker_scheduler import PromptRQScheduler
 from .workers import ServiceWorker
@@ -293,9 +293,18 @@ class ReliableWorker(ServiceWorker):
             self._redis_trouble(error)
 
     # -- taking jobs (in the executor) --------------------------------------------
-    def _load(self, queue_key: str, job_id: str):
+    def _load(self, taken: Taken):
+        """The taken job and its queue, ready to claim; None (and dropped) when it must not run."""
+        queue_key, job_id = taken.queue_key, taken.job_id
         try:
-            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            if taken.record is None:
+                job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            else:  # read along with the take, as RQ's fetch would read it
+                if not taken.record:
+                    raise NoSuchJobError(job_id)
+                job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+                job.restore(taken.record)
+                job.has_webhook = taken.has_webhook
         except NoSuchJobError:
             self.dequeuer.drop(job_id)
             logs.event(log, "job.skipped", level=logging.WARNING, job_id=job_id, reason="no such job (expired or deleted)")
@@ -332,19 +341,24 @@ class ReliableWorker(ServiceWorker):
         logs.event(log, "job.failed", level=logging.ERROR, job_id=job_id, queue=queue_name, reason=reason)
 
     def _claim(self, job) -> Execution | None:
-        """Register `job` as started and take it out of the dequeued list, atomically."""
+        """Register `job` as started and take it out of the dequeued list, atomically.
+
+        The writes are RQ's own for a job that starts (its execution, and what
+        `prepare_job_execution` writes), sent in the one round trip of the claim.
+        """
         ttl = self.get_heartbeat_ttl(job)
         made: list[Execution] = []
 
         def register(pipe):
             made.clear()
             made.append(Execution.create(job, ttl, pipeline=pipe, worker_name=self.name))
-            # Started from here on, so that a started registry never holds a
-            # waiting job (RQ's own cleanup would drop it).
-            job.set_status(JobStatus.STARTED, pipeline=pipe)
-            # Named with its status, so that a job seen started can be stopped at once.
-            pipe.hset(job.key, "worker_name", self.name)
+            # Status `started`, worker name, start time and heartbeat in one
+            # write: a started registry never holds a waiting job (RQ's own
+            # cleanup would drop it), and a job seen started can be stopped.
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            pipe.persist(job.key)
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            events.status_changed(pipe, job, "started")
 
         if not self.dequeuer.claim(job.id, register):
             logs.event(log, "job.skipped", **logs.job_fields(job), reason="recovered by another worker meanwhile")
@@ -364,8 +378,15 @@ class ReliableWorker(ServiceWorker):
             os._exit(EXIT_UNRECORDED)
 
     def prepare_job_execution(self, job, remove_from_intermediate_queue: bool = False) -> None:
-        super().prepare_job_execution(job, remove_from_intermediate_queue=False)
+        # RQ's writes for a job that starts were made by `_claim`, with the
+        # claim; the worker's own heartbeat is the supervisor's.
         logs.event(log, "job.started", **logs.job_fields(job), worker=self.name)
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl):
+        job.ended_at = now()
+        if job._success_callback_name or job._failure_callback_name:
+            # RQ's heartbeat, keeping the job alive through its callback.
+            job.heartbeat(now(), heartbeat_ttl)
 
     def handle_job_success(self, job, queue, started_job_registry, execution):
         # The job has run; a short Redis hiccup must not cost it a second run.
@@ -379,7 +400,8 @@ class ReliableWorker(ServiceWorker):
                 time.sleep(pause)
         fields = logs.job_fields(job)
         duration = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
-        metrics.record_finished(self.connection, fields["job"], duration)
+        # Counted with the executor's next take: no round trip of its own.
+        metrics.finished_writes(self.dequeuer.deferred, fields["job"], duration)
         logs.event(log, "job.finished", **fields, duration=duration)
 
     def handle_job_retry(self, job, queue, retry, started_job_registry, execution):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rq import Worker
+from rq.job import JobStatus
 
 from . import events, webhooks
 from .job_view import parse_exception
@@ -22,13 +23,14 @@ class ServiceWorker(PromptScheduling, Worker):
     when they are due, not up to a second later (`service.worker_scheduler`).
     """
 
-    def prepare_job_execution(self, job, *args, **kwargs):
-        super().prepare_job_execution(job, *args, **kwargs)
-        events.status_changed(self.connection, job, "started")
+    # `started` is published with the claim (`ReliableWorker._claim`).
 
-    def handle_job_success(self, job, *args, **kwargs):
-        super().handle_job_success(job, *args, **kwargs)
-        events.status_changed(self.connection, job)
+    def cleanup_execution(self, job, pipeline, execution=None):
+        super().cleanup_execution(job, pipeline, execution)
+        if job.get_status(refresh=False) == JobStatus.FINISHED:
+            # In the transaction that records the success (`handle_job_success`):
+            # published when, and only if, the job is finished for all to see.
+            events.status_changed(pipeline, job, "finished")
 
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
         stopped = self._stopped_job_id == job.id

@@ -16,8 +16,8 @@ from service.worker import ReliableWorker, build_worker
 
 
 class CrashingRightAfterDequeue(ReliableWorker):
-    def _load(self, queue_key: str, job_id: str):
-        logs.event(logging.getLogger("tests"), "test.crashing", job_id=job_id)
+    def _load(self, taken):
+        logs.event(logging.getLogger("tests"), "test.crashing", job_id=taken.job_id)
         os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 

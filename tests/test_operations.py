@@ -5,7 +5,6 @@ import time
 import uuid
 from dataclasses import replace
 
-import pytest
 
 from tests.conftest import bearer
 from prometheus_client.parser import text_string_to_metric_families
@@ -126,8 +125,8 @@ def _claimed_by_a_worker_that_then_dies(settings, connection, job_id: str):
     worker = build_worker(settings)
     worker.register_birth()
     taken = worker.dequeuer.take([ServiceQueue(name, connection=connection).key for name in settings.queues])
-    assert taken and taken[1] == job_id
-    job, _ = worker._load(*taken)
+    assert taken and taken.job_id == job_id
+    job, _ = worker._load(taken)
     execution = worker._claim(job)
     # The heartbeat stops: as if the worker had been SIGKILLed long enough ago.
     connection.hset(execution.key, "last_heartbeat", time.time() - settings.orphan_timeout - 1)
@@ -161,7 +160,8 @@ def test_a_sweep_gives_back_what_a_dead_worker_had_taken(client, settings, conne
     job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "queue": "high"}).json["id"]
     worker = build_worker(settings)
     worker.register_birth()
-    assert worker.dequeuer.take([ServiceQueue("high", connection=connection).key]) == ("rq:queue:high", job_id)
+    taken = worker.dequeuer.take([ServiceQueue("high", connection=connection).key])
+    assert (taken.queue_key, taken.job_id) == ("rq:queue:high", job_id)
     sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)
     assert not sweeper.sweep(force=True)  # its worker is alive
     stale = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() - settings.orphan_timeout - 1))

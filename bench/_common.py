@@ -315,6 +315,18 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def pss_mb(pid: int) -> float | None:
+    """Proportional set size, in MB (MiB): pages shared with other processes (a
+    forked child) count in part, so the PSS of related processes adds up."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def cpu_seconds(*pids: int) -> float:
     """CPU time (user + system) the processes have used so far, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")

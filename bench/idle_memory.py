@@ -4,8 +4,9 @@ up and has served a little, against the same processes written the plain way.
     python bench/idle_memory.py [--rounds 3]
 
 Each round starts, on a Redis of its own: the service's web server (gunicorn as
-in the Procfile, `gunicorn.conf.py` applies), `python worker.py` and `python
-scheduler.py`; and as baselines the tutorial app (`bench/_tutorial_app.py`) under
+in the Procfile, `gunicorn.conf.py` applies), `python worker.py` (two processes:
+the supervisor and the executor it forks, which share most of their pages, so
+their PSS sum is given too) and `python scheduler.py`; and as baselines the tutorial app (`bench/_tutorial_app.py`) under
 the same gunicorn settings and plain `rq worker`. Each web server answers a few
 enqueues and reads first, so the figure is that of a process that has been used;
 then everything idles for `--settle` seconds before RSS is read from /proc.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import time
 
 import _common as c
@@ -23,8 +25,8 @@ import _common as c
 def main() -> None:
     args = c.arguments(__doc__.splitlines()[0], settle=(float, 3.0, "seconds of idling before measuring"))
     directory = c.workdir("idle_memory")
-    names = ["web master", "web worker (largest)", "worker", "scheduler",
-             "tutorial web worker (largest)", "plain rq worker"]
+    names = ["web master", "web worker (largest)", "worker: supervisor", "worker: executor",
+             "worker: both, PSS", "scheduler", "tutorial web worker (largest)", "plain rq worker"]
     rss = {name: c.Figure() for name in names}
     web_workers = 0
     with c.redis_server(directory) as redis:
@@ -42,6 +44,7 @@ def main() -> None:
                 plain = stack.enter_context(c.started(
                     [str(c.BIN / "rq"), "worker", "--url", redis.url, "plain"], env=env, log_path=log_path))
                 c.wait_until(lambda: redis.client.scard("rq:workers") >= 2, 60, "the workers to register")
+                c.wait_until(lambda: _executor(worker.pid), 60, "the worker's executor to start")
                 _use(base, {"Authorization": f"Bearer {c.TOKEN}"})
                 _use(tutorial, {})
                 time.sleep(args.settle)
@@ -51,18 +54,34 @@ def main() -> None:
                 rss["web worker (largest)"].add(max(c.rss_mb(pid) or 0 for pid in workers))
                 rss["tutorial web worker (largest)"].add(
                     max(c.rss_mb(pid) or 0 for pid in c.children(tutorial_master.pid)))
-                rss["worker"].add(c.rss_mb(worker.pid))
+                executor = _executor(worker.pid)
+                rss["worker: supervisor"].add(c.rss_mb(worker.pid))
+                rss["worker: executor"].add(c.rss_mb(executor))
+                rss["worker: both, PSS"].add((c.pss_mb(worker.pid) or 0) + (c.pss_mb(executor) or 0))
                 rss["scheduler"].add(c.rss_mb(scheduler.pid))
                 rss["plain rq worker"].add(c.rss_mb(plain.pid))
 
     c.header("Idle memory (RSS)", f"{args.rounds} rounds; MB median (lowest–highest); {web_workers} web worker(s) a server")
     c.table(["process", "RSS MB"], [[name, rss[name].show(1)] for name in names])
-    web, worker = rss["web worker (largest)"].median, rss["worker"].median
+    web, worker = rss["web worker (largest)"].median, rss["worker: supervisor"].median
+    executor = rss["worker: executor"].median
     print(f"\nweb worker ÷ tutorial web worker: {web / rss['tutorial web worker (largest)'].median:.2f}×")
-    print(f"worker ÷ plain rq worker:         {worker / rss['plain rq worker'].median:.2f}×")
+    print(f"worker (supervisor) ÷ plain rq worker: {worker / rss['plain rq worker'].median:.2f}×")
     print("\nTargets")
-    print("  " + c.verdict("worker RSS MB", worker, "≤ 40", worker <= 40))
+    print("  " + c.verdict("worker RSS MB (supervisor)", worker, "≤ 40", worker <= 40))
+    print("  " + c.verdict("worker RSS MB (executor)", executor, "≤ 40", executor <= 40))
     print("  " + c.verdict("each web worker RSS MB", web, "≤ 50", web <= 50))
+
+
+def _executor(worker_pid: int) -> int | None:
+    """The worker's executor: its child that leads a process group of its own (RQ's scheduler does not)."""
+    for pid in c.children(worker_pid):
+        try:
+            if os.getpgid(pid) == pid:
+                return pid
+        except OSError:
+            continue
+    return None
 
 
 def _use(base: str, headers: dict[str, str], count: int = 50) -> None:

@@ -19,13 +19,15 @@ from rq.queue import Queue
 
 from . import job_index
 from .batching import ScriptBatcher
+from .dequeue import DOORBELL_KEY, DOORBELL_LIMIT
 from .rate_limits import Counter, RateLimited
 
-# KEYS: n rate-limit counters, then (to write a job) queue, queues set, job hash, index.
+# KEYS: n rate-limit counters, then (to write a job) queue, queues set, job hash,
+# index, the workers' doorbell (`service.dequeue`).
 # ARGV: n, n amounts, n window lengths; then cap, job id, index score, job ttl
 #       and the job hash's fields and values.
 # Returns {'ok', queue length}, {'full'} or {'limited', counter number, ms left}.
-_SCRIPT = """
+_SCRIPT = ("""
 local n = tonumber(ARGV[1])
 local write = #KEYS > n
 local at = 2 * n + 2
@@ -59,8 +61,12 @@ end
 redis.call('SADD', KEYS[n + 2], queue)
 local length = redis.call('RPUSH', queue, job_id)
 redis.call('ZADD', KEYS[n + 4], ARGV[at + 2], job_id)
+if length == 1 and redis.call('LLEN', KEYS[n + 5]) < DOORBELL_LIMIT then
+    -- The queue was empty, so its workers may be waiting on the doorbell.
+    redis.call('RPUSH', KEYS[n + 5], 1)
+end
 return {'ok', length}
-"""
+""").replace("DOORBELL_LIMIT", str(DOORBELL_LIMIT))
 
 
 class QueueFull(Exception):
@@ -90,7 +96,7 @@ class Admission:
 
         RateLimited or QueueFull, writing nothing, when refused.
         """
-        keys = [queue_key, Queue.redis_queues_keys, job.key, job_index.KEY]
+        keys = [queue_key, Queue.redis_queues_keys, job.key, job_index.KEY, DOORBELL_KEY]
         fields: list[Any] = []
         for name, value in job.to_dict().items():
             fields += (name, value)

@@ -9,10 +9,13 @@ in the same transaction that registers it as started (see `claim`). A job is
 therefore always in a queue, in a dequeued list or in a started registry, and
 `service.recovery` puts the dequeued lists of dead workers back on their queues.
 
-Redis cannot block on several lists and move atomically, so an idle worker
-blocks on its first queue for `DEQUEUE_POLL_INTERVAL` and then looks at all of
-them again: a job on a lower-priority queue waits at most that long for an
-idle worker; with one queue the worker simply blocks.
+Redis cannot block on several lists and move atomically, so an idle worker of
+several queues waits on a *doorbell*, a list the enqueue script pushes to when
+it puts a job into an empty queue, for up to `DEQUEUE_POLL_INTERVAL`, and then
+looks at all its queues again: a job enqueued by the service is taken within a
+millisecond or two whatever its queue; one that RQ's own code enqueues (a
+retry, a job given a time) within `DEQUEUE_POLL_INTERVAL`. With one queue the
+worker simply blocks on it.
 """
 from __future__ import annotations
 
@@ -39,13 +42,21 @@ DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 # while workers are suspended (`rq suspend`). Returns the queue key (empty for
 # a held job), the job id, its record (HGETALL) and whether a webhook waits for
 # its outcome: what the worker reads next, in the same round trip.
-_TAKE = """
-local i = 4
-while i <= #ARGV do
-    local length = tonumber(ARGV[i])
-    redis.pcall(unpack(ARGV, i + 1, i + length))
-    i = i + length + 1
+# Runs the commands in ARGV from `first` on (each: its length, then its words)
+# through `call` (redis.call, or redis.pcall to ignore their errors).
+_RUN = """
+local function run(call, first)
+    local i = first
+    while i <= #ARGV do
+        local length = tonumber(ARGV[i])
+        call(unpack(ARGV, i + 1, i + length))
+        i = i + length + 1
+    end
 end
+"""
+
+_TAKE = _RUN + """
+run(redis.pcall, 4)
 local function found(queue_key, job_id)
     return {queue_key, job_id, redis.call('HGETALL', ARGV[2] .. job_id), redis.call('EXISTS', ARGV[3] .. job_id)}
 end
@@ -69,16 +80,11 @@ return false
 # KEYS: dequeued list; ARGV: job id, then commands, each as its length and its
 # words. Runs the commands only if the job is still in the list, taking it out:
 # the job leaves the list in the same atomic step that registers it as started.
-_CLAIM = """
+_CLAIM = _RUN + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
     return 0
 end
-local i = 2
-while i <= #ARGV do
-    local length = tonumber(ARGV[i])
-    redis.call(unpack(ARGV, i + 1, i + length))
-    i = i + length + 1
-end
+run(redis.call, 2)
 return 1
 """
 
@@ -105,6 +111,11 @@ end
 return 0
 """
 
+
+#: Pushed to when a job enters an empty queue; idle workers of several queues wait on it.
+DOORBELL_KEY = f"{RQ_KEY_PREFIX}:svc:doorbell"
+#: Rings kept at most: a busy system does not grow it.
+DOORBELL_LIMIT = 64
 
 #: What `Dequeuer.take` returns while workers are suspended.
 SUSPENDED = "suspended"
@@ -158,6 +169,10 @@ class Dequeuer:
             queue_key, job_id, flat, webhook = found
             return Taken(_text(queue_key), _text(job_id), dict(zip(flat[::2], flat[1::2])), bool(webhook))
         if not block:
+            return None
+        if len(queue_keys) > 1:
+            if self.connection.blpop([DOORBELL_KEY], block):
+                return self.take(queue_keys)
             return None
         with self.connection.pipeline(transaction=False) as pipe:
             # Registered before blocking: a job moved by BLMOVE is always findable.

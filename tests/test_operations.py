@@ -227,3 +227,16 @@ def test_an_unreadable_job_record_fails_with_its_reason_and_the_worker_goes_on(c
     assert connection.hget("rq:job:garbled", "status") == b"failed"
     assert connection.zscore("rq:failed:default", "garbled") is not None
     assert not list(connection.scan_iter("rq:svc:dequeued:*"))
+
+
+def test_an_idle_worker_takes_a_job_on_any_of_its_queues_at_once(redis_url, connection, settings, tmp_path):
+    # Polling alone would leave a job on the last queue waiting up to 30 s here.
+    with chaos.worker(redis_url, tmp_path / "worker.log", RQ_QUEUES="high,default,low", DEQUEUE_POLL_INTERVAL="30"):
+        wait_for(lambda: connection.scard("rq:workers") == 1, what="the worker to register")
+        token = uuid.uuid4().hex
+        for _ in range(3):
+            enqueued = time.monotonic()
+            [job_id] = chaos.enqueue_canaries(connection, settings, 1, token=token, queue="low")
+            wait_for(lambda: chaos.statuses(connection, [job_id])[job_id] == "finished", timeout=10, interval=0.01,
+                     what="the job on the last queue to run")
+            assert time.monotonic() - enqueued < 5

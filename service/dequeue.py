@@ -26,36 +26,23 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.defaults import RQ_KEY_PREFIX
 from rq.job import Job
-from rq.suspension import WORKERS_SUSPENDED as SUSPENDED_KEY
 
+from . import scripted
 from .webhooks import KEY_PREFIX as WEBHOOK_KEY_PREFIX
 
 #: Set of the names of workers that hold (or held) a dequeued list.
 DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 
-# KEYS: dequeued list, dequeuers set, RQ's suspension flag, queue keys by
-# priority; ARGV: worker name, job key prefix, webhook key prefix, then the
-# deferred writes (see `_CLAIM` for their form; counters of the previous job,
-# run first, their errors ignored: a count must never cost a job). A job
-# already in the worker's own list (left there when registering it failed, say
-# because Redis went away) is taken again before any new one; none is taken
-# while workers are suspended (`rq suspend`). Returns the queue key (empty for
-# a held job), the job id, its record (HGETALL) and whether a webhook waits for
-# its outcome: what the worker reads next, in the same round trip.
-# Runs the commands in ARGV from `first` on (each: its length, then its words)
-# through `call` (redis.call, or redis.pcall to ignore their errors).
-_RUN = """
-local function run(call, first)
-    local i = first
-    while i <= #ARGV do
-        local length = tonumber(ARGV[i])
-        call(unpack(ARGV, i + 1, i + length))
-        i = i + length + 1
-    end
-end
-"""
-
-_TAKE = _RUN + """
+# KEYS: dequeued list, queue keys by priority; ARGV: worker name, job key
+# prefix, webhook key prefix, then the deferred writes (`scripted`; counts for
+# /metrics, run first, their errors ignored: a count must never cost a job).
+# A job already in the worker's own list (left there when registering it
+# failed, say because Redis went away) is taken again before any new one.
+# Returns the queue key (empty for a held job), the job id, its record
+# (HGETALL) and whether a webhook waits for its outcome: what the worker reads
+# next, in the same round trip. The worker is in the dequeuers set already
+# (`Dequeuer.register`), and the supervisor watches for `rq suspend`.
+_TAKE = scripted.RUN + """
 run(redis.pcall, 4)
 local function found(queue_key, job_id)
     return {queue_key, job_id, redis.call('HGETALL', ARGV[2] .. job_id), redis.call('EXISTS', ARGV[3] .. job_id)}
@@ -64,13 +51,9 @@ local held = redis.call('LINDEX', KEYS[1], 0)
 if held then
     return found('', held)
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-    return 'suspended'
-end
-for i = 4, #KEYS do
+for i = 2, #KEYS do
     local job_id = redis.call('LMOVE', KEYS[i], KEYS[1], 'LEFT', 'RIGHT')
     if job_id then
-        redis.call('SADD', KEYS[2], ARGV[1])
         return found(KEYS[i], job_id)
     end
 end
@@ -80,7 +63,7 @@ return false
 # KEYS: dequeued list; ARGV: job id, then commands, each as its length and its
 # words. Runs the commands only if the job is still in the list, taking it out:
 # the job leaves the list in the same atomic step that registers it as started.
-_CLAIM = _RUN + """
+_CLAIM = scripted.RUN + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
     return 0
 end
@@ -117,8 +100,6 @@ DOORBELL_KEY = f"{RQ_KEY_PREFIX}:svc:doorbell"
 #: Rings kept at most: a busy system does not grow it.
 DOORBELL_LIMIT = 64
 
-#: What `Dequeuer.take` returns while workers are suspended.
-SUSPENDED = "suspended"
 #: Where RQ keeps a job's record.
 JOB_KEY_PREFIX = Job.redis_job_namespace_prefix
 
@@ -147,24 +128,25 @@ class Dequeuer:
         self.key = dequeued_key(worker_name)
         self._take = connection.register_script(_TAKE)
         self._claim = connection.register_script(_CLAIM)
-        self._encode = connection.get_encoder().encode
-        #: Writes that may wait for the next take (`metrics.finished_writes`): queued, not sent.
+        #: Writes that may wait for the next take (counts for /metrics): queued, not sent.
         self.deferred: Pipeline = connection.pipeline(transaction=False)
 
-    def take(self, queue_keys: list[str], block: float | None = None) -> Taken | str | None:
+    def register(self) -> None:
+        """Enter this worker in the dequeuers set, where recovery looks for lists of dead workers."""
+        self.connection.sadd(DEQUEUERS_KEY, self.worker_name)
+
+    def take(self, queue_keys: list[str], block: float | None = None) -> Taken | None:
         """Move the next job id into this worker's list and read its record.
 
         `Taken.queue_key` is empty for a job that was already in the list. With
-        `block`, wait up to that many seconds for a job on the first queue.
-        `SUSPENDED` while workers are suspended.
+        `block`, wait up to that many seconds for a job on the first queue
+        (or, with several queues, for the doorbell). Call `register` first.
         """
         found = self._take(
-            keys=[self.key, DEQUEUERS_KEY, SUSPENDED_KEY, *queue_keys],
-            args=[self.worker_name, JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, *self._words(self.deferred)],
+            keys=[self.key, *queue_keys],
+            args=[self.worker_name, JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, *scripted.words(self.deferred)],
         )
         self.deferred.reset()
-        if found in (SUSPENDED, SUSPENDED.encode()):
-            return SUSPENDED
         if found:
             queue_key, job_id, flat, webhook = found
             return Taken(_text(queue_key), _text(job_id), dict(zip(flat[::2], flat[1::2])), bool(webhook))
@@ -190,7 +172,7 @@ class Dequeuer:
         """
         with self.connection.pipeline() as pipe:
             register(pipe)  # only queued: sent below as the script's arguments
-            words = self._words(pipe)
+            words = scripted.words(pipe)
             pipe.reset()
         return self._claim(keys=[self.key], args=[job_id, *words]) == 1
 
@@ -201,26 +183,12 @@ class Dequeuer:
         except RedisError:
             self.deferred.reset()
 
-    def _words(self, pipe: Pipeline) -> list:
-        """The commands queued on `pipe` as script arguments: each its length, then its words."""
-        encode = self._encode
-        words: list = []
-        for args, _options in pipe.command_stack:
-            words.append(len(args))
-            words.extend(encode(arg) for arg in args)
-        return words
-
-    def drop(self, job_id: str, pipeline: Pipeline | None = None) -> None:
-        """Forget a job id that must not run (unknown, unreadable, already done)."""
-        (pipeline if pipeline is not None else self.connection).lrem(self.key, 1, job_id)
-
     def held(self) -> list[str]:
         return [_text(job_id) for job_id in self.connection.lrange(self.key, 0, -1)]
 
     def give_back_all(self) -> int:
         """Put every job of this list back at the front of its queue (a clean stop); the count."""
-        returned = give_back(self.connection, self.worker_name)
-        return returned
+        return give_back(self.connection, self.worker_name)
 
 
 def give_back(connection: Redis, worker_name: str) -> int:

@@ -28,7 +28,6 @@ import struct
 from redis.exceptions import RedisError
 
 from . import logs
-from .dequeue import SUSPENDED
 
 log = logging.getLogger("service.worker")
 
@@ -53,7 +52,7 @@ class CurrentJob:
         self._memory = mmap.mmap(-1, self.SIZE)
 
     def set(self, job_id: str) -> None:
-        data = job_id.encode()[: self.SIZE - self._HEADER.size - 1]
+        data = job_id.encode()[: self.SIZE - self._HEADER.size - 2]
         if data:
             self._memory[self.SIZE - 1] = 1
         sequence = self._sequence()
@@ -73,6 +72,15 @@ class CurrentJob:
             if self._sequence() == sequence:
                 return data.decode(errors="replace")
         return ""
+
+    @property
+    def suspended(self) -> bool:
+        """Set by the supervisor while workers are suspended (`rq suspend`): take no job."""
+        return self._memory[self.SIZE - 2] == 1
+
+    @suspended.setter
+    def suspended(self, value: bool) -> None:
+        self._memory[self.SIZE - 2] = 1 if value else 0
 
     @property
     def ran(self) -> bool:
@@ -126,23 +134,29 @@ def run(worker, current: CurrentJob, burst: bool) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     queue_keys = [queue.key for queue in worker._ordered_queues]
+    worker.dequeuer.register()
     jobs = 0
     delay = 0.25
     try:
         while not worker._stop_requested:
             if os.getppid() != parent:
                 return EXIT_DONE  # the supervisor is gone (no PDEATHSIG here): recovery has our jobs
+            if current.suspended:
+                return EXIT_SUSPENDED
+            if worker.finished.due():
+                worker.finished.write(worker.dequeuer.deferred)  # sent with the take
+            # Counts still in memory are written before waiting for a job, not after.
+            waits = not burst and not worker.finished.pending
             try:
-                taken = worker.dequeuer.take(queue_keys, block=None if burst else worker._block_seconds())
+                taken = worker.dequeuer.take(queue_keys, block=worker._block_seconds() if waits else None)
             except RedisError as error:
                 worker._redis_trouble(error)
                 worker._pause(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.25
-            if taken is SUSPENDED:
-                return EXIT_SUSPENDED
             if taken is None:
+                _flush_counts(worker)  # idle: nothing to send them with
                 if burst:
                     return EXIT_DONE
                 continue
@@ -176,5 +190,10 @@ def run(worker, current: CurrentJob, burst: bool) -> int:
     except _Stop:
         pass
     finally:
-        worker.dequeuer.flush_deferred()
+        _flush_counts(worker)
     return EXIT_DONE
+
+
+def _flush_counts(worker) -> None:
+    worker.finished.write(worker.dequeuer.deferred)
+    worker.dequeuer.flush_deferred()

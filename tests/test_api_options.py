@@ -1,7 +1,7 @@
 """POST /jobs options: queue, retry and backoff, time, TTLs, dependencies, idempotency."""
 from datetime import datetime, timedelta, timezone
 
-from tests.conftest import stored_keys
+from tests.conftest import stored_keys, wait_for
 import pytest
 
 from service.queues import ServiceJob
@@ -168,3 +168,26 @@ def test_an_overlong_idempotency_key_is_400(client, connection):
     response = post(client, {"job": "demo.add", "args": [1, 2]}, **{"Idempotency-Key": "k" * 201})
     assert response.status_code == 400
     assert stored_keys(connection) == []
+
+
+def test_a_job_that_comes_to_depend_on_a_running_job_runs_once_that_one_finishes(client, worker_process):
+    first = post(client, {"job": "demo.sleep", "args": [1]}).json["id"]
+    wait_for(lambda: client.get(f"/jobs/{first}").json["status"] == "started", what="the first job to start")
+    second = post(client, {"job": "demo.add", "args": [3, 4], "depends_on": [first]}).json
+    assert second["status"] == "deferred"
+    answer = client.get(f"/jobs/{second['id']}?wait=20").json
+    assert answer["status"] == "finished" and answer["result"] == 7
+    assert client.get(f"/jobs/{first}").json["status"] == "finished"
+
+
+def test_a_finished_job_is_recorded_as_rq_records_it(client, work, connection):
+    job_id = post(client, {"job": "demo.add", "args": [1, 2]}).json["id"]
+    work()
+    job = ServiceJob.fetch(job_id, connection=connection)
+    assert job.get_status() == "finished" and job.return_value() == 3
+    assert job.latest_result().type.name == "SUCCESSFUL"
+    assert job_id in job.finished_job_registry.get_job_ids()
+    assert not job.started_job_registry.get_job_ids()
+    assert 0 < connection.ttl(job.key) <= job.get_result_ttl(500)
+    worker = connection.hgetall(next(iter(connection.scan_iter("rq:worker:*[^s]"))))
+    assert worker[b"successful_job_count"] == b"1"

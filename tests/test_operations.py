@@ -9,7 +9,9 @@ from dataclasses import replace
 from tests.conftest import bearer
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import recovery
+from rq.suspension import resume, suspend
+
+from service import metrics, recovery
 from service.embedded_redis import free_port
 from service.queues import ServiceJob, ServiceQueue
 from service.schedules import make_scheduler
@@ -120,10 +122,44 @@ def test_metrics_count_queues_jobs_durations_and_workers(client, settings, conne
     worker.register_death()
 
 
+def test_a_busy_worker_writes_its_counts_once_a_second_in_one_batch(client, connection):
+    clock = [100.0]
+    tally = metrics.FinishedTally(period=1.0, clock=lambda: clock[0])
+    for duration in (0.004, 0.03, 0.2):
+        tally.add("demo.add", duration)
+    tally.add("demo.sleep", None)
+    assert not tally.due()
+    clock[0] += 1.0
+    assert tally.due()
+    with connection.pipeline() as pipe:
+        tally.write(pipe)
+        pipe.execute()
+    assert not tally.pending
+
+    counted = _metrics(client)
+    assert counted[("rq_jobs_finished_total", (("job", "demo.add"),))] == 3
+    assert counted[("rq_jobs_finished_total", (("job", "demo.sleep"),))] == 1
+    assert counted[("rq_job_duration_seconds_count", (("job", "demo.add"),))] == 3
+    assert counted[("rq_job_duration_seconds_bucket", (("job", "demo.add"), ("le", "0.01")))] == 1
+    assert counted[("rq_job_duration_seconds_bucket", (("job", "demo.add"), ("le", "0.25")))] == 3
+    assert abs(counted[("rq_job_duration_seconds_sum", (("job", "demo.add"),))] - 0.234) < 1e-9
+
+
+def test_a_suspended_worker_takes_no_job_until_resumed(client, connection, worker_process):
+    suspend(connection)
+    wait_for(lambda: connection.hget(next(iter(connection.smembers("rq:workers"))), "state") == b"suspended",
+             what="the worker to notice the suspension")
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    assert client.get(f"/jobs/{job_id}").json["status"] == "queued"
+    resume(connection)
+    assert client.get(f"/jobs/{job_id}?wait=15").json["status"] == "finished"
+
+
 def _claimed_by_a_worker_that_then_dies(settings, connection, job_id: str):
     """Take and start `job_id` as a worker would, then leave it as a killed worker would."""
     worker = build_worker(settings)
     worker.register_birth()
+    worker.dequeuer.register()
     taken = worker.dequeuer.take([ServiceQueue(name, connection=connection).key for name in settings.queues])
     assert taken and taken.job_id == job_id
     job, _ = worker._load(taken)
@@ -160,6 +196,7 @@ def test_a_sweep_gives_back_what_a_dead_worker_had_taken(client, settings, conne
     job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "queue": "high"}).json["id"]
     worker = build_worker(settings)
     worker.register_birth()
+    worker.dequeuer.register()
     taken = worker.dequeuer.take([ServiceQueue("high", connection=connection).key])
     assert (taken.queue_key, taken.job_id) == ("rq:queue:high", job_id)
     sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)

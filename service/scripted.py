@@ -1,0 +1,35 @@
+"""RQ's own writes, sent in one Lua script that runs them only if a condition holds.
+
+The worker records a job's start and its success with RQ's code, queued on a
+pipeline that is never executed; its commands become the arguments of a script
+that checks, atomically, what RQ would check with WATCH and a read first (is the
+job still this worker's to start? has it no dependents to enqueue?). One round
+trip instead of three, and the records are RQ's, field for field.
+"""
+from __future__ import annotations
+
+from redis.client import Pipeline
+
+# Defines run(call, first): runs the commands in ARGV from `first` on (each
+# given as its length, then its words) through `call` (redis.call, or
+# redis.pcall to ignore their errors).
+RUN = """
+local function run(call, first)
+    local i = first
+    while i <= #ARGV do
+        local length = tonumber(ARGV[i])
+        call(unpack(ARGV, i + 1, i + length))
+        i = i + length + 1
+    end
+end
+"""
+
+
+def words(pipe: Pipeline) -> list:
+    """The commands queued on `pipe` as script arguments, in the form `RUN` reads."""
+    encode = pipe.get_encoder().encode
+    found: list = []
+    for args, _options in pipe.command_stack:
+        found.append(len(args))
+        found.extend(encode(arg) for arg in args)
+    return found

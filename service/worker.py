@@ -141,9 +141,15 @@ class ReliableWorker(ServiceWorker):
             return float(self.settings.worker_heartbeat_interval)
         return self.settings.dequeue_poll_interval
 
+    def serialize(self) -> dict:
+        # RQ writes the state just after registering the worker: in between, a
+        # reader (the dashboard, GET /workers) would find a worker without one.
+        return {**super().serialize(), "state": self._state}
+
     # -- supervising the executor ----------------------------------------------
     def work(self, burst: bool = False, logging_level: str | None = "INFO", with_scheduler: bool = False, **_) -> bool:
         """Run jobs (in an executor, `service.executor`) until stopped or, with `burst`, until the queues are empty."""
+        self._state = WorkerStatus.STARTED  # written with the birth (`serialize`), not a moment after
         self.bootstrap(logging_level)
         if with_scheduler:
             self._start_scheduler(burst, logging_level)

@@ -26,10 +26,10 @@ end
 
 
 def words(pipe: Pipeline) -> list:
-    """The commands queued on `pipe` as script arguments, in the form `RUN` reads."""
-    encode = pipe.get_encoder().encode
+    """The commands queued on `pipe` as script arguments, in the form `RUN` reads
+    (redis-py encodes each word as it would have for the command itself)."""
     found: list = []
     for args, _options in pipe.command_stack:
         found.append(len(args))
-        found.extend(encode(arg) for arg in args)
+        found.extend(args)
     return found

@@ -1,9 +1,10 @@
 """One Redis round trip decides and writes an enqueue.
 
-A script checks the queue's cap, counts the request against its rate limits and
-writes the job in RQ's own format (the record, its queue, the queues set and
-the newest-first index), atomically: a request refused for either reason
-writes nothing, and an accepted one learns its place in the queue from RPUSH.
+A script counts the request against its rate limits, checks the queue's cap
+and writes the job in RQ's own format (the record, its queue, the queues set
+and the newest-first index), atomically: a request refused for either reason
+writes nothing (the counts and the push are taken back), and an accepted one
+learns its place in the queue from RPUSH.
 
 Jobs RQ must place itself (dependencies, concurrency limits, a start time) use
 the script for the limits alone and RQ's code for the write (`service.enqueue`).
@@ -31,12 +32,6 @@ _SCRIPT = ("""
 local n = tonumber(ARGV[1])
 local write = #KEYS > n
 local at = 2 * n + 2
-if write then
-    local cap = tonumber(ARGV[at])
-    if cap > 0 and redis.call('LLEN', KEYS[n + 1]) >= cap then
-        return {'full'}
-    end
-end
 for i = 1, n do
     local hits = redis.call('INCR', KEYS[i])
     if hits == 1 then
@@ -53,17 +48,29 @@ if not write then
     return {'ok', 0}
 end
 local queue, job, job_id = KEYS[n + 1], KEYS[n + 3], ARGV[at + 1]
+local length = redis.call('RPUSH', queue, job_id)
+local cap = tonumber(ARGV[at])
+if cap > 0 and length > cap then
+    -- Full: undo the push and the counts (nothing ran in between), write nothing.
+    redis.call('RPOP', queue)
+    for j = 1, n do
+        redis.call('DECR', KEYS[j])
+    end
+    return {'full'}
+end
 redis.call('HSET', job, unpack(ARGV, at + 4))
 local ttl = tonumber(ARGV[at + 3])
 if ttl > 0 then
     redis.call('EXPIRE', job, ttl)
 end
-redis.call('SADD', KEYS[n + 2], queue)
-local length = redis.call('RPUSH', queue, job_id)
 redis.call('ZADD', KEYS[n + 4], ARGV[at + 2], job_id)
-if length == 1 and redis.call('LLEN', KEYS[n + 5]) < DOORBELL_LIMIT then
-    -- The queue was empty, so its workers may be waiting on the doorbell.
-    redis.call('RPUSH', KEYS[n + 5], 1)
+if length == 1 then
+    -- A queue that was empty: RQ lists it among the queues again (a set, so
+    -- once is enough), and its workers may be waiting on the doorbell.
+    redis.call('SADD', KEYS[n + 2], queue)
+    if redis.call('LLEN', KEYS[n + 5]) < DOORBELL_LIMIT then
+        redis.call('RPUSH', KEYS[n + 5], 1)
+    end
 end
 return {'ok', length}
 """).replace("DOORBELL_LIMIT", str(DOORBELL_LIMIT))

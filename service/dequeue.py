@@ -34,22 +34,25 @@ from .webhooks import KEY_PREFIX as WEBHOOK_KEY_PREFIX
 DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 
 # KEYS: dequeued list, queue keys by priority; ARGV: worker name, job key
-# prefix, webhook key prefix, then the deferred writes (`scripted`; counts for
-# /metrics, run first, their errors ignored: a count must never cost a job).
-# A job already in the worker's own list (left there when registering it
-# failed, say because Redis went away) is taken again before any new one.
+# prefix, webhook key prefix, whether the list may hold a job, then the
+# deferred writes (`scripted`; counts for /metrics, run first, their errors
+# ignored: a count must never cost a job). A job already in the worker's own
+# list (left there when registering it failed, say because Redis went away) is
+# taken again before any new one.
 # Returns the queue key (empty for a held job), the job id, its record
 # (HGETALL) and whether a webhook waits for its outcome: what the worker reads
 # next, in the same round trip. The worker is in the dequeuers set already
 # (`Dequeuer.register`), and the supervisor watches for `rq suspend`.
 _TAKE = scripted.RUN + """
-run(redis.pcall, 4)
+run(redis.pcall, 5)
 local function found(queue_key, job_id)
     return {queue_key, job_id, redis.call('HGETALL', ARGV[2] .. job_id), redis.call('EXISTS', ARGV[3] .. job_id)}
 end
-local held = redis.call('LINDEX', KEYS[1], 0)
-if held then
-    return found('', held)
+if ARGV[4] == '1' then
+    local held = redis.call('LINDEX', KEYS[1], 0)
+    if held then
+        return found('', held)
+    end
 end
 for i = 2, #KEYS do
     local job_id = redis.call('LMOVE', KEYS[i], KEYS[1], 'LEFT', 'RIGHT')
@@ -128,6 +131,9 @@ class Dequeuer:
         self.key = dequeued_key(worker_name)
         self._take = connection.register_script(_TAKE)
         self._claim = connection.register_script(_CLAIM)
+        #: Whether the list may hold a job (so a take looks there first); False
+        #: once this worker has claimed or dropped what it took.
+        self._may_hold = True
         #: Writes that may wait for the next take (counts for /metrics): queued, not sent.
         self.deferred: Pipeline = connection.pipeline(transaction=False)
 
@@ -144,9 +150,11 @@ class Dequeuer:
         """
         found = self._take(
             keys=[self.key, *queue_keys],
-            args=[self.worker_name, JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, *scripted.words(self.deferred)],
+            args=[self.worker_name, JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if self._may_hold else "0",
+                  *scripted.words(self.deferred)],
         )
         self.deferred.reset()
+        self._may_hold = bool(found)
         if found:
             queue_key, job_id, flat, webhook = found
             return Taken(_text(queue_key), _text(job_id), dict(zip(flat[::2], flat[1::2])), bool(webhook))
@@ -174,7 +182,17 @@ class Dequeuer:
             register(pipe)  # only queued: sent below as the script's arguments
             words = scripted.words(pipe)
             pipe.reset()
-        return self._claim(keys=[self.key], args=[job_id, *words]) == 1
+        claimed = self._claim(keys=[self.key], args=[job_id, *words]) == 1
+        self._may_hold = False  # claimed, or gone from the list: either way it is empty
+        return claimed
+
+    def drop(self, job_id: str, pipeline: Pipeline | None = None) -> None:
+        """Forget a job id that must not run (unknown, unreadable, already done)."""
+        if pipeline is not None:
+            pipeline.lrem(self.key, 1, job_id)
+        else:
+            self.connection.lrem(self.key, 1, job_id)
+            self._may_hold = False
 
     def flush_deferred(self) -> None:
         """Send the deferred writes now (the worker stops, or waits): best effort, like the counts they are."""

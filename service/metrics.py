@@ -66,6 +66,7 @@ class FinishedTally:
         self.period, self._clock = period, clock
         self._finished: dict[str, int] = {}
         self._durations: dict[str, dict[str, float]] = {}
+        self._work: dict[str, list] = {}
         self._since = clock()
 
     def add(self, job_name: str, duration: float | None) -> None:
@@ -77,9 +78,15 @@ class FinishedTally:
             fields["count"] = fields.get("count", 0) + 1
             fields["sum"] = fields.get("sum", 0.0) + duration
 
+    def add_work(self, worker_key: str, seconds: float) -> None:
+        """A successful job of the worker at `worker_key`, for RQ's counts in the worker's hash."""
+        done = self._work.setdefault(worker_key, [0, 0.0])
+        done[0] += 1
+        done[1] += seconds
+
     @property
     def pending(self) -> bool:
-        return bool(self._finished)
+        return bool(self._finished or self._work)
 
     def due(self) -> bool:
         return self.pending and self._clock() - self._since >= self.period
@@ -97,7 +104,11 @@ class FinishedTally:
                         pipe.hincrbyfloat(key, field, amount)
                     else:
                         pipe.hincrby(key, field, int(amount))
-        self._finished, self._durations, self._since = {}, {}, self._clock()
+        for worker_key, (jobs, seconds) in self._work.items():
+            # RQ's `increment_successful_job_count` and `increment_total_working_time`, summed.
+            pipe.hincrby(worker_key, "successful_job_count", jobs)
+            pipe.hincrbyfloat(worker_key, "total_working_time", seconds)
+        self._finished, self._durations, self._work, self._since = {}, {}, {}, self._clock()
 
 
 def record_failed(connection: Redis, job_name: str) -> None:

@@ -28,8 +28,15 @@ end
 def words(pipe: Pipeline) -> list:
     """The commands queued on `pipe` as script arguments, in the form `RUN` reads
     (redis-py encodes each word as it would have for the command itself)."""
-    found: list = []
+    commands: list[list] = []
     for args, _options in pipe.command_stack:
-        found.append(len(args))
-        found.extend(args)
+        previous = commands[-1] if commands else None
+        if previous and args[0] == "HSET" == previous[0] and args[1] == previous[1]:
+            previous.extend(args[2:])  # RQ sets a status, then saves the record: one HSET
+        else:
+            commands.append(list(args))
+    found: list = []
+    for command in commands:
+        found.append(len(command))
+        found.extend(command)
     return found

@@ -233,7 +233,6 @@ class ReliableWorker(ServiceWorker):
                 self.maintain_heartbeats(*running)
             else:
                 self.heartbeat()
-                self._set_state_safely(WorkerStatus.IDLE)
         if clock >= self._next_sweep:
             self._next_sweep = clock + self.settings.recovery_interval
             self.recovery.sweep()
@@ -243,6 +242,10 @@ class ReliableWorker(ServiceWorker):
             self._enforce_limits(*running)
         if self._current:
             self._current.suspended = is_suspended(self.connection)
+        # Kept by the supervisor, a second behind at most, not written twice a job.
+        state = WorkerStatus.BUSY if job_id else WorkerStatus.IDLE
+        if self._state != state:
+            self._set_state_safely(state)
 
     def _running(self, job_id: str):
         """(job, execution) of the executor's job once it is claimed, else None; fetched once a job."""
@@ -379,8 +382,8 @@ class ReliableWorker(ServiceWorker):
             # write: a started registry never holds a waiting job (RQ's own
             # cleanup would drop it), and a job seen started can be stopped.
             job.prepare_for_execution(self.name, pipeline=pipe)
-            pipe.persist(job.key)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            if job.ttl is not None:  # else the record has no expiry to remove
+                pipe.persist(job.key)
             events.status_changed(pipe, job, "started")
 
         if not self.dequeuer.claim(job.id, register):
@@ -440,8 +443,9 @@ class ReliableWorker(ServiceWorker):
         if result_ttl == 0 or job.repeats_left:
             return False  # RQ deletes, or reschedules, the job: its own path
         with self.connection.pipeline() as pipe:  # only queued, never executed
-            self.increment_successful_job_count(pipeline=pipe)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            # RQ's counts of the worker (successful jobs, working time) are
+            # written with /metrics' counts, once a second (`FinishedTally`).
+            self.finished.add_work(self.key, (job.ended_at - job.started_at).total_seconds())
             job._handle_success(
                 result_ttl, pipeline=pipe, worker_name=self.name, execution_id=execution.id,
                 execution_started_at=execution.created_at, execution_ended_at=job.ended_at,

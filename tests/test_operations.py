@@ -277,3 +277,17 @@ def test_an_idle_worker_takes_a_job_on_any_of_its_queues_at_once(redis_url, conn
             wait_for(lambda: chaos.statuses(connection, [job_id])[job_id] == "finished", timeout=10, interval=0.01,
                      what="the job on the last queue to run")
             assert time.monotonic() - enqueued < 5
+
+
+def test_a_queued_id_without_a_record_is_skipped_and_the_worker_goes_on(client, connection, work):
+    connection.rpush("rq:queue:default", "ghost")  # its record expired or was deleted
+    good = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    finished = client.post("/jobs", json={"job": "demo.add", "args": [2, 2]}).json["id"]
+    work()
+    connection.rpush("rq:queue:default", finished)  # an id met again after its job ended
+    again = client.post("/jobs", json={"job": "demo.add", "args": [3, 3]}).json["id"]
+    work()
+    assert [client.get(f"/jobs/{job_id}").json["status"] for job_id in (good, finished, again)] == ["finished"] * 3
+    assert client.get(f"/jobs/{finished}").json["result"] == 4
+    assert not connection.llen("rq:queue:default")
+    assert not list(connection.scan_iter("rq:svc:dequeued:*"))

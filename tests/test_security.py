@@ -240,6 +240,9 @@ def test_a_full_queue_answers_503_with_retry_after(settings, connection):
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "30"
     assert connection.llen("rq:queue:default") == 2
+    assert len(list(connection.scan_iter("rq:job:*"))) == 2, "the refused job must not be stored"
+    counts = [int(connection.get(key)) for key in connection.scan_iter("jobservice:ratelimit:*")]
+    assert counts and set(counts) == {2}, "a refused request is not counted against the rate limits"
 
 
 def test_a_job_rate_limit_per_visitor(client, connection, monkeypatch):

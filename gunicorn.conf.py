@@ -5,6 +5,8 @@ working directory, so the Procfile line stays `gunicorn "service:create_app()"`.
 """
 import os
 
+from gunicorn.glogging import Logger
+
 # gunicorn's control socket defaults to one path per user, which two servers on
 # one machine (make run beside the tests) would fight over; nothing here uses it.
 control_socket_disable = True
@@ -16,6 +18,17 @@ control_socket_disable = True
 worker_class = "gevent"
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 
+
+class _AppLogsRequests(Logger):
+    """gunicorn's logger without its access log: the app logs every request
+    itself (`http.request`, with its duration and job), so gunicorn need not
+    build a line per request only to drop it."""
+
+    access_log_enabled = False
+
+
+logger_class = _AppLogsRequests
+
 # gunicorn's own lines (boot, worker exits) as JSON, like the rest of the logs.
 if os.environ.get("LOG_FORMAT", "json") == "json":
     logconfig_dict = {
@@ -24,7 +37,5 @@ if os.environ.get("LOG_FORMAT", "json") == "json":
         "root": {"level": "INFO", "handlers": []},
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-            # The app logs every request itself (`http.request`, with its duration).
-            "gunicorn.access": {"level": "WARNING", "handlers": ["console"], "propagate": False},
         },
     }

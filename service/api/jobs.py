@@ -89,6 +89,7 @@ def create_job(body: enqueuing.JobRequest):
             title="Too Many Requests",
             headers={"Retry-After": str(error.retry_after)},
         ) from None
+    g.enqueued = (job.id, prepared.spec.name)  # for the request's log line
     location = {"Location": url_for(".get_job", job_id=job.id)}
     return describe(job, service("registry")), (202 if created else 200), location
 

@@ -2,8 +2,8 @@
 
 Runs the service's worker (`service.worker`) over the queues in `RQ_QUEUES`,
 highest priority first, with RQ's scheduler for retries and delayed jobs. It
-survives Redis outages, stops gracefully on SIGTERM, and restarts itself after
-WORKER_MAX_JOBS jobs or WORKER_MAX_MEMORY_MB.
+survives Redis outages, stops gracefully on SIGTERM, and runs jobs in an
+executor that it replaces after WORKER_MAX_JOBS jobs or WORKER_MAX_MEMORY_MB.
 """
 from __future__ import annotations
 

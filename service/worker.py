@@ -1,23 +1,27 @@
-"""The worker: RQ's forking worker, made so that no job is lost.
+"""The worker: an RQ worker, made so that no job is lost, running jobs in an executor.
 
-`ReliableWorker` keeps RQ's model (one work-horse process a job, JSON records,
-RQ's registries, retries and scheduler) and changes what loses or strands jobs:
+`ReliableWorker` keeps RQ's records (JSON jobs, executions, registries,
+results, retries, RQ's scheduler), so the dashboard, `rq info` and plain RQ
+clients see what they expect, and changes how jobs are run:
 
-- it takes jobs with `service.dequeue` (an atomic move into its own list), not
-  BLPOP, and registers a job as started in the same transaction that takes it
-  out of that list;
-- it heartbeats every WORKER_HEARTBEAT_INTERVAL, idle or busy, and sweeps for
-  jobs of dead workers every RECOVERY_INTERVAL (`service.recovery`);
+- the worker process is a supervisor: it forks one long-lived executor
+  (`service.executor`) that takes and runs job after job in-process, and never
+  runs job code itself. It heartbeats for both every WORKER_HEARTBEAT_INTERVAL,
+  answers RQ's commands (stop a job), sweeps for jobs of dead workers every
+  RECOVERY_INTERVAL (`service.recovery`) and watches the executor: a job that
+  kills it, outgrows WORKER_MAX_MEMORY_MB or ignores its timeout fails with the
+  reason, and a fresh executor takes over;
+- jobs are taken with `service.dequeue` (an atomic move into the worker's own
+  list), not BLPOP, and registered as started in the same script that takes
+  them out of that list; RQ's records for the start and the success are each
+  written in one round trip (`service.scripted`);
 - on SIGTERM (Heroku: to every process, SIGKILL 30 s later) it takes no new
   job, lets the running one finish for up to SHUTDOWN_GRACE seconds, then stops
   it and puts it back at the front of its queue, marked interrupted, not failed;
-  the work-horse ignores SIGTERM;
 - Redis errors never end the process: it waits for Redis and carries on;
 - it counts and times jobs for /metrics and logs one JSON event a step.
 
-`run(settings)` is the process: startup checks, the work loop, reconnecting,
-and recycling the process (exec of itself) after WORKER_MAX_JOBS jobs or
-WORKER_MAX_MEMORY_MB.
+`run(settings)` is the process: startup checks, the work loop, reconnecting.
 """
 from __future__ import annotations
 
@@ -94,7 +98,7 @@ class ReconnectingRQScheduler(PromptRQScheduler):
 
 
 class ReliableWorker(ServiceWorker):
-    """RQ's forking worker, taking jobs atomically, recovering others', stopping without losing one."""
+    """A supervisor of one executor: takes jobs atomically, recovers others', stops without losing one."""
 
     #: RQ's scheduler for retries and jobs given a time, outliving a Redis outage.
     scheduler_class = ReconnectingRQScheduler

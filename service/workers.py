@@ -1,5 +1,5 @@
-"""The worker class: RQ's forking worker, keeping each failed attempt and telling
-followers when a job's status changes."""
+"""The worker class as RQ sees it: keeping each failed attempt and telling
+followers when a job's status changes (`service.worker` runs it)."""
 from __future__ import annotations
 
 import time

@@ -151,9 +151,10 @@ class ReliableWorker(ServiceWorker):
         return {**super().serialize(), "state": self._state}
 
     # -- supervising the executor ----------------------------------------------
-    def work(self, burst: bool = False, logging_level: str | None = "INFO", with_scheduler: bool = False, **_) -> bool:
+    def work(self, burst: bool = False, logging_level: str | None = None, with_scheduler: bool = False, **_) -> bool:
         """Run jobs (in an executor, `service.executor`) until stopped or, with `burst`, until the queues are empty."""
         self._state = WorkerStatus.STARTED  # written with the birth (`serialize`), not a moment after
+        # No level: RQ would reset its loggers to it (`service.logs` keeps them at WARNING).
         self.bootstrap(logging_level)
         if with_scheduler:
             self._start_scheduler(burst, logging_level)
@@ -447,9 +448,6 @@ class ReliableWorker(ServiceWorker):
         if result_ttl == 0 or job.repeats_left:
             return False  # RQ deletes, or reschedules, the job: its own path
         with self.connection.pipeline() as pipe:  # only queued, never executed
-            # RQ's counts of the worker (successful jobs, working time) are
-            # written with /metrics' counts, once a second (`FinishedTally`).
-            self.finished.add_work(self.key, (job.ended_at - job.started_at).total_seconds())
             job._handle_success(
                 result_ttl, pipeline=pipe, worker_name=self.name, execution_id=execution.id,
                 execution_started_at=execution.created_at, execution_ended_at=job.ended_at,
@@ -470,6 +468,9 @@ class ReliableWorker(ServiceWorker):
         if not self._succeed(keys=[job.dependents_key], args=commands):
             job._status = JobStatus.STARTED
             return False
+        # RQ's counts of the worker (successful jobs, working time) are written
+        # with /metrics' counts, once a second (`FinishedTally`).
+        self.finished.add_work(self.key, (job.ended_at - job.started_at).total_seconds())
         release_slot(job)
         return True
 

@@ -1,7 +1,8 @@
 """Prometheus metrics, kept in Redis so that every process of the service adds to them.
 
 Workers count jobs (finished, failed, retried, requeued) and time them into
-small Redis hashes as they go; `/metrics` reads those and the queues themselves
+small Redis hashes (finished jobs in batches, at most a second late:
+`FinishedTally`); `/metrics` reads those and the queues themselves
 at scrape time (`JobServiceCollector`), so any web process gives the same
 numbers. Counts are kept under `rq:svc:metrics:*`, one field a job name; a
 failure to write them never gets in the way of a job.

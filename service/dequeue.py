@@ -33,8 +33,8 @@ from .webhooks import KEY_PREFIX as WEBHOOK_KEY_PREFIX
 #: Set of the names of workers that hold (or held) a dequeued list.
 DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 
-# KEYS: dequeued list, queue keys by priority; ARGV: worker name, job key
-# prefix, webhook key prefix, whether the list may hold a job, then the
+# KEYS: dequeued list, queue keys by priority; ARGV: job key prefix, webhook
+# key prefix, whether the list may hold a job, then the
 # deferred writes (`scripted`; counts for /metrics, run first, their errors
 # ignored: a count must never cost a job). A job already in the worker's own
 # list (left there when registering it failed, say because Redis went away) is
@@ -44,11 +44,11 @@ DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 # next, in the same round trip. The worker is in the dequeuers set already
 # (`Dequeuer.register`), and the supervisor watches for `rq suspend`.
 _TAKE = scripted.RUN + """
-run(redis.pcall, 5)
+run(redis.pcall, 4)
 local function found(queue_key, job_id)
-    return {queue_key, job_id, redis.call('HGETALL', ARGV[2] .. job_id), redis.call('EXISTS', ARGV[3] .. job_id)}
+    return {queue_key, job_id, redis.call('HGETALL', ARGV[1] .. job_id), redis.call('EXISTS', ARGV[2] .. job_id)}
 end
-if ARGV[4] == '1' then
+if ARGV[3] == '1' then
     local held = redis.call('LINDEX', KEYS[1], 0)
     if held then
         return found('', held)
@@ -137,9 +137,12 @@ class Dequeuer:
         #: Writes that may wait for the next take (counts for /metrics): queued, not sent.
         self.deferred: Pipeline = connection.pipeline(transaction=False)
 
-    def register(self) -> None:
-        """Enter this worker in the dequeuers set, where recovery looks for lists of dead workers."""
-        self.connection.sadd(DEQUEUERS_KEY, self.worker_name)
+    def register(self, pipeline: Pipeline | None = None) -> None:
+        """Enter this worker in the dequeuers set, where recovery looks for lists of dead workers.
+
+        Once before the first take, and again with each heartbeat of the worker.
+        """
+        (pipeline if pipeline is not None else self.connection).sadd(DEQUEUERS_KEY, self.worker_name)
 
     def take(self, queue_keys: list[str], block: float | None = None) -> Taken | None:
         """Move the next job id into this worker's list and read its record.
@@ -150,8 +153,7 @@ class Dequeuer:
         """
         found = self._take(
             keys=[self.key, *queue_keys],
-            args=[self.worker_name, JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if self._may_hold else "0",
-                  *scripted.words(self.deferred)],
+            args=[JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if self._may_hold else "0", *scripted.words(self.deferred)],
         )
         self.deferred.reset()
         self._may_hold = bool(found)
@@ -164,11 +166,7 @@ class Dequeuer:
             if self.connection.blpop([DOORBELL_KEY], block):
                 return self.take(queue_keys)
             return None
-        with self.connection.pipeline(transaction=False) as pipe:
-            # Registered before blocking: a job moved by BLMOVE is always findable.
-            pipe.sadd(DEQUEUERS_KEY, self.worker_name)
-            pipe.blmove(queue_keys[0], self.key, block, "LEFT", "RIGHT")
-            _, job_id = pipe.execute()
+        job_id = self.connection.blmove(queue_keys[0], self.key, block, "LEFT", "RIGHT")
         return Taken(queue_keys[0], _text(job_id)) if job_id else None
 
     def claim(self, job_id: str, register) -> bool:

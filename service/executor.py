@@ -101,7 +101,7 @@ def die_with_parent() -> None:
     gives the supervisor's jobs to other workers once its heartbeat stops.
     """
     libc_name = ctypes.util.find_library("c")
-    if not libc_name or not hasattr(os, "getppid"):
+    if not libc_name:
         return
     try:
         libc = ctypes.CDLL(libc_name, use_errno=True)

@@ -114,7 +114,8 @@ class ReliableWorker(ServiceWorker):
         self._current: executor.CurrentJob | None = None
         self._running_cache = None
         self._kill_reason = ""
-        self._memory_strikes: dict[str, int] = {}
+        #: (job id, looks in a row) the executor was over WORKER_MAX_MEMORY_MB at.
+        self._over_memory: tuple[str, int] = ("", 0)
         self._last_beat = 0.0
         self._next_sweep = 0.0
         kwargs.setdefault("job_monitoring_interval", max(1, int(settings.worker_heartbeat_interval)))
@@ -257,15 +258,22 @@ class ReliableWorker(ServiceWorker):
         cached = self._running_cache
         if cached and cached[0].id == job_id:
             return cached
+        execution = self._execution_of(job_id)
+        if execution is None:
+            return None
+        try:
+            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:
+            return None
+        self._running_cache = (job, execution)
+        return self._running_cache
+
+    def _execution_of(self, job_id: str) -> Execution | None:
+        """This worker's execution of `job_id`, from RQ's index of the worker's executions."""
         for key in self.connection.smembers(self.executions_key):
             owner, execution_id = as_text(key).split(":", 1)
             if owner == job_id:
-                try:
-                    job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
-                except NoSuchJobError:
-                    return None
-                self._running_cache = (job, Execution(id=execution_id, job_id=job_id, connection=self.connection))
-                return self._running_cache
+                return Execution(id=execution_id, job_id=job_id, connection=self.connection)
         return None
 
     def _enforce_limits(self, job, execution) -> None:
@@ -278,10 +286,10 @@ class ReliableWorker(ServiceWorker):
                 return
             # Over at two looks a second apart: a job that ends on its own in
             # between leaves a fresh executor instead (`recycle_reason`).
-            over = used > max_mb
-            strikes = self._memory_strikes.get(job.id, 0) + 1 if over else 0
-            self._memory_strikes = {job.id: strikes}
-            if strikes >= 2:
+            last_job, looks = self._over_memory
+            looks = (looks + 1 if last_job == job.id else 1) if used > max_mb else 0
+            self._over_memory = (job.id, looks)
+            if looks >= 2:
                 self._kill_executor(f"the job used {used:.0f} MiB, more than WORKER_MAX_MEMORY_MB={max_mb}")
                 return
         if job.timeout not in (None, -1) and job.started_at:
@@ -300,11 +308,7 @@ class ReliableWorker(ServiceWorker):
             if job_id in self.dequeuer.held():
                 return  # never claimed: the next executor takes it first
             job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
-            execution = next(
-                (Execution(id=as_text(key).split(":", 1)[1], job_id=job_id, connection=self.connection)
-                 for key in self.connection.smembers(self.executions_key) if as_text(key).split(":", 1)[0] == job_id),
-                None,
-            )
+            execution = self._execution_of(job_id)
             if execution is None or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
                 return  # not claimed by us, or its outcome is recorded
             queue = self.queue_class(job.origin, connection=self.connection, job_class=self.job_class,
@@ -605,9 +609,15 @@ class ReliableWorker(ServiceWorker):
     # -- staying alive --------------------------------------------------------
     def heartbeat(self, timeout=None, pipeline=None):
         if pipeline is not None:
-            return super().heartbeat(timeout, pipeline)
+            super().heartbeat(timeout, pipeline)
+            # Back in the set should recovery have given this worker up for
+            # dead while it was only cut off: its list stays findable.
+            self.dequeuer.register(pipeline)
+            return
         try:
-            super().heartbeat(timeout)
+            with self.connection.pipeline() as pipe:
+                self.heartbeat(timeout, pipe)
+                pipe.execute()
             self._last_beat = time.monotonic()
         except RedisError as error:
             self._redis_trouble(error)
@@ -616,9 +626,6 @@ class ReliableWorker(ServiceWorker):
         try:
             super().maintain_heartbeats(job, execution)
             self._last_beat = time.monotonic()
-            if time.monotonic() >= self._next_sweep:
-                self._next_sweep = time.monotonic() + self.settings.recovery_interval
-                self.recovery.sweep()
         except RedisError as error:
             self._redis_trouble(error)
 

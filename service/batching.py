@@ -5,7 +5,8 @@ pays a round trip of its own: a connection checkout, a send, a wait, a read,
 and as much again in Redis. Here the first caller that finds no batch on the
 wire sends every call queued so far in one pipeline; calls that arrive while
 it waits queue up and go together in the next batch, sent by the first of
-them. An idle server sends batches of one, so nothing waits for company.
+them. An idle server sends batches of one (as a plain command, which costs
+less than a pipeline), so nothing waits for company.
 
 Each call is still its own script run, so each stays atomic and can fail on
 its own (a full Redis refuses one write, not the batch's neighbours).
@@ -19,7 +20,7 @@ import threading
 from typing import Any, Sequence
 
 from redis import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 
 class _Call:
@@ -80,6 +81,8 @@ class ScriptBatcher:
             following.done.set()
 
     def _run(self, batch: list[_Call]) -> list[Any]:
+        if len(batch) == 1:  # alone on the wire: a plain command costs less than a pipeline
+            return [self._alone(batch[0])]
         results = self._pipeline(batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:  # Redis restarted or its scripts were flushed: load, send those again
@@ -87,6 +90,16 @@ class ScriptBatcher:
             for i, result in zip(missing, self._pipeline([batch[i] for i in missing])):
                 results[i] = result
         return results
+
+    def _alone(self, call: _Call) -> Any:
+        try:
+            try:
+                return self.connection.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
+            except NoScriptError:
+                self.connection.script_load(self.script)
+                return self.connection.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
+        except ResponseError as error:  # the script's own refusal, as a pipeline hands it back
+            return error
 
     def _pipeline(self, batch: list[_Call]) -> list[Any]:
         with self.connection.pipeline(transaction=False) as pipe:

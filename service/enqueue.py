@@ -21,9 +21,9 @@ from rq.utils import now
 
 from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
 
-from . import job_index, webhooks
+from . import job_index, queues, webhooks
 from .admission import Admission, QueueFull
-from .queues import ServiceJob, ServiceQueue
+from .queues import ServiceJob
 from .rate_limits import Counter
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
@@ -231,7 +231,7 @@ def enqueue(
     missing = [dep for dep in dependencies if not ServiceJob.exists(dep, connection)]
     if missing:
         raise InvalidRequest("depends_on", f"no job {', '.join(map(repr, missing))}")
-    queue = ServiceQueue(prepared.queue, connection=connection)
+    queue = queues.queue(prepared.queue, connection)
     job = queue.create_job(
         prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
     )

@@ -6,6 +6,7 @@ from here, so no code path of ours or of rq-scheduler falls back to pickle.
 from __future__ import annotations
 
 import importlib
+import weakref
 from functools import lru_cache
 
 from redis import Redis
@@ -110,8 +111,23 @@ class ServiceQueue(Queue):
         super().__init__(name, connection=connection, **kwargs)
 
 
+_queues: "weakref.WeakKeyDictionary[Redis, dict[str, ServiceQueue]]" = weakref.WeakKeyDictionary()
+
+
 def queue(name: str, connection: Redis) -> ServiceQueue:
-    return ServiceQueue(name, connection=connection)
+    """The queue `name` on `connection`, built once per process.
+
+    A Queue holds nothing that changes, and building one (RQ checks its
+    serializer against a runtime Protocol) costs about as much as the job
+    record the enqueue builds with it.
+    """
+    named = _queues.get(connection)
+    if named is None:
+        named = _queues.setdefault(connection, {})
+    found = named.get(name)
+    if found is None:
+        found = named[name] = ServiceQueue(name, connection=connection)
+    return found
 
 
 def fetch_job(job_id: str, connection: Redis) -> ServiceJob:

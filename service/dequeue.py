@@ -15,7 +15,9 @@ it puts a job into an empty queue, for up to `DEQUEUE_POLL_INTERVAL`, and then
 looks at all its queues again: a job enqueued by the service is taken within a
 millisecond or two whatever its queue; one that RQ's own code enqueues (a
 retry, a job given a time) within `DEQUEUE_POLL_INTERVAL`. With one queue the
-worker simply blocks on it.
+worker simply blocks on it. Either wait goes to Redis in one pipeline with the
+take that follows it, so a woken worker has its job, record and all, without
+a second round trip.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from rq.defaults import RQ_KEY_PREFIX
 from rq.job import Job
 
@@ -109,13 +111,13 @@ JOB_KEY_PREFIX = Job.redis_job_namespace_prefix
 
 @dataclass(frozen=True)
 class Taken:
-    """A job moved into a worker's list: where from, and (when read with it) its record."""
+    """A job moved into a worker's list: where from, its record and whether a webhook waits for it."""
 
     queue_key: str
     job_id: str
-    #: The job's hash as HGETALL returns it; None when it was not read along (`block`).
-    record: dict | None = None
-    has_webhook: bool | None = None
+    #: The job's hash as HGETALL returns it (empty when the record is gone).
+    record: dict
+    has_webhook: bool
 
 
 def dequeued_key(worker_name: str) -> str:
@@ -151,23 +153,40 @@ class Dequeuer:
         `block`, wait up to that many seconds for a job on the first queue
         (or, with several queues, for the doorbell). Call `register` first.
         """
-        found = self._take(
-            keys=[self.key, *queue_keys],
-            args=[JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if self._may_hold else "0", *scripted.words(self.deferred)],
-        )
+        found = self._take(keys=[self.key, *queue_keys], args=self._take_args(scripted.words(self.deferred)))
         self.deferred.reset()
+        taken = self._taken(found)
+        if taken is not None or not block:
+            return taken
+        # The wait and the take in one round trip: Redis runs the take the moment
+        # the wait ends (rung, a job moved into the list, or timed out), instead of
+        # answering the wait and then hearing from the worker again.
+        with self.connection.pipeline(transaction=False) as pipe:
+            if len(queue_keys) > 1:
+                pipe.blpop([DOORBELL_KEY], block)
+            else:  # what BLMOVE moves, the take finds in the list
+                pipe.blmove(queue_keys[0], self.key, block, "LEFT", "RIGHT")
+                self._may_hold = True
+            keys = [self.key, *queue_keys]
+            pipe.execute_command("EVALSHA", self._take.sha, len(keys), *keys, *self._take_args([]))
+            waited, found = pipe.execute(raise_on_error=False)
+        if isinstance(waited, Exception):
+            raise waited
+        if isinstance(found, NoScriptError):  # Redis lost its scripts meanwhile: the call above reloads
+            return self.take(queue_keys)
+        if isinstance(found, Exception):
+            raise found
+        return self._taken(found)
+
+    def _take_args(self, deferred: list) -> list:
+        return [JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if self._may_hold else "0", *deferred]
+
+    def _taken(self, found) -> Taken | None:
         self._may_hold = bool(found)
-        if found:
-            queue_key, job_id, flat, webhook = found
-            return Taken(_text(queue_key), _text(job_id), dict(zip(flat[::2], flat[1::2])), bool(webhook))
-        if not block:
+        if not found:
             return None
-        if len(queue_keys) > 1:
-            if self.connection.blpop([DOORBELL_KEY], block):
-                return self.take(queue_keys)
-            return None
-        job_id = self.connection.blmove(queue_keys[0], self.key, block, "LEFT", "RIGHT")
-        return Taken(queue_keys[0], _text(job_id)) if job_id else None
+        queue_key, job_id, flat, webhook = found
+        return Taken(_text(queue_key), _text(job_id), dict(zip(flat[::2], flat[1::2])), bool(webhook))
 
     def claim(self, job_id: str, register) -> bool:
         """Run `register(pipeline)` and take `job_id` out of the list, atomically, in one round trip.

@@ -332,14 +332,11 @@ class ReliableWorker(ServiceWorker):
         """The taken job and its queue, ready to claim; None (and dropped) when it must not run."""
         queue_key, job_id = taken.queue_key, taken.job_id
         try:
-            if taken.record is None:
-                job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
-            else:  # read along with the take, as RQ's fetch would read it
-                if not taken.record:
-                    raise NoSuchJobError(job_id)
-                job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-                job.restore(taken.record)
-                job.has_webhook = taken.has_webhook
+            if not taken.record:  # read along with the take, as RQ's fetch would read it
+                raise NoSuchJobError(job_id)
+            job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+            job.restore(taken.record)
+            job.has_webhook = taken.has_webhook
         except NoSuchJobError:
             self.dequeuer.drop(job_id)
             logs.event(log, "job.skipped", level=logging.WARNING, job_id=job_id, reason="no such job (expired or deleted)")

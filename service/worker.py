@@ -26,6 +26,7 @@ clients see what they expect, and changes how jobs are run:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -180,6 +181,10 @@ class ReliableWorker(ServiceWorker):
         """Fork an executor, heartbeat for it until it exits, settle the job it left; its exit code."""
         current = executor.CurrentJob()
         exited_r, exited_w = os.pipe()  # EOF on `exited_r` when the executor is gone
+        # What exists now (RQ, the job modules) lives as long as the executor: out of
+        # the collector's sight, its pages stay shared instead of being copied when a
+        # collection touches them, and no collection pauses a job to walk them.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             os.close(exited_r)

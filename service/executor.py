@@ -138,6 +138,9 @@ def run(worker, current: CurrentJob, burst: bool) -> int:
     jobs = 0
     delay = 0.25
     try:
+        # The supervisor forked this process with SIGTERM blocked: one sent
+        # meanwhile reaches `stop` now instead of being lost.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         while not worker._stop_requested:
             if os.getppid() != parent:
                 return EXIT_DONE  # the supervisor is gone (no PDEATHSIG here): recovery has our jobs

@@ -185,7 +185,15 @@ class ReliableWorker(ServiceWorker):
         # the collector's sight, its pages stay shared instead of being copied when a
         # collection touches them, and no collection pauses a job to walk them.
         gc.freeze()
-        pid = os.fork()
+        # SIGTERM waits, in both processes, until each knows what to do with it:
+        # the supervisor must know the executor's pid to pass it on, and the
+        # executor must have its own handler (the one it inherits ignores it).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            raise
         if pid == 0:
             os.close(exited_r)
             code = 70  # EX_SOFTWARE, should the loop itself raise
@@ -199,6 +207,7 @@ class ReliableWorker(ServiceWorker):
                 os._exit(code)
         os.close(exited_w)
         self._horse_pid, self._current, self._kill_reason = pid, current, ""
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         started = time.monotonic()
         logs.event(log, "worker.executor_started", worker=self.name, pid=pid)
         try:

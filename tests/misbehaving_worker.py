@@ -1,7 +1,14 @@
-"""`python -m tests.misbehaving_worker`: the service's worker, also running `tests.misbehaving_jobs`."""
+"""`python -m tests.misbehaving_worker`: the service's worker, also running `tests.misbehaving_jobs`.
+
+`EXECUTOR_SLOW_START=<seconds>` makes each executor take that long to start,
+as a heavy import in a job module would.
+"""
 from __future__ import annotations
 
-from service import logs
+import os
+import time
+
+from service import executor, logs
 from service.queues import ServiceJob, job_registry
 from service.settings import Settings
 from service.worker import build_worker
@@ -18,7 +25,19 @@ class MisbehavingJob(ServiceJob):
         return super().func
 
 
+def _slow_start(seconds: float) -> None:
+    run = executor.run
+
+    def slow_run(*args, **kwargs):
+        time.sleep(seconds)
+        return run(*args, **kwargs)
+
+    executor.run = slow_run
+
+
 def main() -> None:
+    if os.environ.get("EXECUTOR_SLOW_START"):
+        _slow_start(float(os.environ["EXECUTOR_SLOW_START"]))
     settings = Settings.from_env()
     logs.setup("worker", settings)
     job_registry()

@@ -5,6 +5,7 @@ allowed to run `tests.misbehaving_jobs`) against the test Redis.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import uuid
@@ -85,3 +86,18 @@ def test_an_executor_that_leaks_from_job_to_job_is_replaced_between_jobs(connect
     # Each job returns how many 40 MiB blocks its executor held: bounded, not growing with the job count.
     assert max(held) <= 4, held
     assert len(executors) >= 3
+
+
+def test_a_worker_stopped_while_its_executor_starts_stops_at_once(redis_url, connection, tmp_path):
+    # The executor takes 2 s to start; SIGTERM comes meanwhile. The executor must
+    # still hear it, rather than wait for jobs until SHUTDOWN_GRACE runs out.
+    log = tmp_path / "worker.log"
+    with _worker(redis_url, log, EXECUTOR_SLOW_START="2", SHUTDOWN_GRACE="60") as worker:
+        wait_for(lambda: _executors(log), what="an executor to be forked")
+        since = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        wait_for(lambda: worker.poll() is not None, timeout=30, what="the worker to stop")
+        seconds = time.monotonic() - since
+    assert worker.returncode == 0
+    assert seconds < 15, f"stopped after {seconds:.1f} s: the executor missed the SIGTERM"
+    assert [event["event"] for event in chaos.log_events(log)][-1] == "worker.stopped"

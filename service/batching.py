@@ -81,25 +81,23 @@ class ScriptBatcher:
             following.done.set()
 
     def _run(self, batch: list[_Call]) -> list[Any]:
-        if len(batch) == 1:  # alone on the wire: a plain command costs less than a pipeline
-            return [self._alone(batch[0])]
-        results = self._pipeline(batch)
+        results = self._send(batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:  # Redis restarted or its scripts were flushed: load, send those again
             self.connection.script_load(self.script)
-            for i, result in zip(missing, self._pipeline([batch[i] for i in missing])):
+            for i, result in zip(missing, self._send([batch[i] for i in missing])):
                 results[i] = result
         return results
 
-    def _alone(self, call: _Call) -> Any:
+    def _send(self, batch: list[_Call]) -> list[Any]:
+        """Each call's reply, or its error (as a pipeline gives them back)."""
+        if len(batch) > 1:
+            return self._pipeline(batch)
+        call = batch[0]  # alone on the wire: a plain command costs less than a pipeline
         try:
-            try:
-                return self.connection.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
-                self.connection.script_load(self.script)
-                return self.connection.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
-        except ResponseError as error:  # the script's own refusal, as a pipeline hands it back
-            return error
+            return [self.connection.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)]
+        except ResponseError as error:
+            return [error]
 
     def _pipeline(self, batch: list[_Call]) -> list[Any]:
         with self.connection.pipeline(transaction=False) as pipe:

@@ -114,6 +114,7 @@ class ReliableWorker(ServiceWorker):
         self._stop_reason = ""
         self._current: executor.CurrentJob | None = None
         self._running_cache = None
+        self._queues_by_name: dict[str, ServiceQueue] = {}
         self._kill_reason = ""
         #: (job id, looks in a row) the executor was over WORKER_MAX_MEMORY_MB at.
         self._over_memory: tuple[str, int] = ("", 0)
@@ -325,8 +326,7 @@ class ReliableWorker(ServiceWorker):
             execution = self._execution_of(job_id)
             if execution is None or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
                 return  # not claimed by us, or its outcome is recorded
-            queue = self.queue_class(job.origin, connection=self.connection, job_class=self.job_class,
-                                     serializer=self.serializer)
+            queue = self._queue(job.origin)
             if self._stopped_job_id == job.id:
                 self._handle_stopped_job(job, queue, execution)
                 return
@@ -366,11 +366,17 @@ class ReliableWorker(ServiceWorker):
             logs.event(log, "job.skipped", **logs.job_fields(job), reason=f"its status is already {status.value}")
             return None
         job.redis_server_version = self.get_redis_server_version()
-        queue = self.queue_class(
-            job.origin, connection=self.connection, job_class=self.job_class,
-            serializer=self.serializer, death_penalty_class=self.death_penalty_class,
-        )
-        return job, queue
+        return job, self._queue(job.origin)
+
+    def _queue(self, name: str):
+        """The queue `name` with this worker's classes, built once (a job is taken many times from one)."""
+        found = self._queues_by_name.get(name)
+        if found is None:
+            found = self._queues_by_name[name] = self.queue_class(
+                name, connection=self.connection, job_class=self.job_class,
+                serializer=self.serializer, death_penalty_class=self.death_penalty_class,
+            )
+        return found
 
     def _fail_unreadable(self, job_id: str, queue_key: str, error: Exception) -> None:
         queue_name = queue_key.rsplit(":", 1)[-1] if queue_key else "default"

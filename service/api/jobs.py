@@ -89,9 +89,8 @@ def create_job(body: enqueuing.JobRequest):
             title="Too Many Requests",
             headers={"Retry-After": str(error.retry_after)},
         ) from None
-    g.enqueued = (job.id, prepared.spec.name)  # for the request's log line
     location = {"Location": url_for(".get_job", job_id=job.id)}
-    return describe(job, service("registry")), (202 if created else 200), location
+    return _answer(describe(job, service("registry"))), (202 if created else 200), location
 
 
 @bp.get("/jobs")
@@ -127,7 +126,7 @@ def job_types():
 @bp.doc(summary="A job's status, progress, result or error", responses={404: "No such job, or it expired"})
 def get_job(job_id: str, query: WaitQuery):
     if query.wait <= 0:
-        return describe(_job_or_404(job_id), service("registry"))
+        return _answer(describe(_job_or_404(job_id), service("registry")))
     deadline = time.monotonic() + query.wait
     # Subscribe before reading the job, so an end in between is not missed.
     with Subscription(service("redis"), job_id) as subscription:
@@ -138,7 +137,7 @@ def get_job(job_id: str, query: WaitQuery):
                 break
             if event.get("event") == "status":
                 view = describe(_job_or_404(job_id), service("registry"))
-        return view
+        return _answer(view)
 
 
 @bp.get("/jobs/<job_id>/events")
@@ -194,7 +193,7 @@ def cancel_job(job_id: str):
         outcome = job_actions.cancel(job, service("redis"))
     except job_actions.NotAllowed as error:
         raise problem(409, str(error)) from None
-    return {"id": job.id, "status": outcome}
+    return _answer({"id": job.id, "status": outcome})
 
 
 @bp.post("/jobs/<job_id>/retry")
@@ -206,7 +205,13 @@ def retry_job(job_id: str):
         job_actions.retry(job, service("redis"))
     except job_actions.NotAllowed as error:
         raise problem(409, str(error)) from None
-    return describe(fetch_job(job_id, service("redis")), service("registry")), 202
+    return _answer(describe(fetch_job(job_id, service("redis")), service("registry"))), 202
+
+
+def _answer(view: dict) -> dict:
+    """`view`, the job this request answers with, named for its log line (`ops._log_request`)."""
+    g.job = (view["id"], view.get("job"))
+    return view
 
 
 def _job_or_404(job_id: str) -> ServiceJob:

@@ -75,18 +75,11 @@ def _log_request(response):
         "duration_ms": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
     }
     name = "http.request"
-    enqueued = g.get("enqueued")  # set by POST /jobs: no need to read the answer back
-    if enqueued is not None:
-        fields["job_id"], fields["job"] = enqueued
-        if response.status_code == 202:
+    answered = g.get("job")  # the job a jobs view answered with (`api.jobs._answer`)
+    if answered is not None:
+        fields["job_id"], fields["job"] = answered
+        if request.method == "POST" and response.status_code == 202:
             name = "job.enqueued"
-    elif request.blueprint == "jobs" and response.is_json and not response.is_streamed:
-        body = response.get_json(silent=True) or {}
-        if isinstance(body, dict) and body.get("id"):
-            fields["job_id"] = body["id"]
-            fields["job"] = body.get("job") or (request.get_json(silent=True) or {}).get("job")
-            if request.method == "POST" and response.status_code == 202:
-                name = "job.enqueued"
     logs.event(log, name, **fields)
     return response
 

@@ -55,6 +55,6 @@ def post_request(worker, req, environ, resp):
     client whose next request is already there is otherwise served again and
     again without the greenlet ever blocking, and the rest wait: a /health
     probe could wait most of a second behind a busy client."""
-    import gevent
+    import gevent  # here, not above: the master process never needs it
 
     gevent.sleep(0)

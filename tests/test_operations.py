@@ -1,8 +1,12 @@
 """Operating the service: /ready, /metrics, structured logs, recovery sweeps, recycling workers."""
 from __future__ import annotations
 
+import json
+import logging
+import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from dataclasses import replace
 
 import pytest
@@ -12,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rq.suspension import resume, suspend
 
-from service import metrics, recovery
+from service import logs, metrics, recovery
 from service.embedded_redis import free_port
 from service.queues import ServiceJob, ServiceQueue
 from service.schedules import make_scheduler
@@ -234,6 +238,27 @@ def test_processes_log_one_json_event_per_step_with_the_job_id_and_name(redis_ur
         assert event["job_id"] == job_id and event["job"] == "demo.add" and event["process"] == "worker"
         assert event["time"] and event["level"] == "INFO"
     assert [e for e in worker if e.get("event") == "job.finished"][0]["duration"] >= 0
+
+
+def test_a_log_line_is_one_json_object_with_the_event_fields_and_the_traceback():
+    formatter = logs.json_formatter("worker")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        error = sys.exc_info()
+    record = logging.getLogger("service.worker").makeRecord(
+        "service.worker", logging.ERROR, __file__, 1, "job.failed %s", ("demo.add",), error,
+        extra={"event": "job.failed", "job_id": "a1", "due": datetime(2026, 3, 1, tzinfo=timezone.utc)},
+    )
+    line = formatter.format(record)
+    assert "\n" not in line
+    fields = json.loads(line)
+    assert fields["level"] == "ERROR" and fields["logger"] == "service.worker" and fields["process"] == "worker"
+    assert fields["message"] == "job.failed demo.add" and fields["event"] == "job.failed" and fields["job_id"] == "a1"
+    assert fields["due"] == "2026-03-01T00:00:00+00:00"
+    assert fields["exc_info"].startswith("Traceback") and "RuntimeError: boom" in fields["exc_info"]
+    assert datetime.fromisoformat(fields["time"]).tzinfo is not None
+    assert "args" not in fields and "msg" not in fields
 
 
 def test_the_worker_runs_each_batch_of_worker_max_jobs_in_a_fresh_executor(redis_url, connection, settings, tmp_path):

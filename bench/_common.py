@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -224,14 +224,16 @@ def http_get_ok(url: str) -> bool:
 
 @contextlib.contextmanager
 def gunicorn(app: str, *, env: dict[str, str], log_path: Path, pythonpath: str | None = None,
-             ready_path: str = "/health") -> Iterator[tuple[str, subprocess.Popen]]:
-    """gunicorn serving `app` from the project root, so `gunicorn.conf.py` applies
-    to it exactly as in production; yields (base URL, master process)."""
+             ready_path: str = "/health", options: Sequence[str] = (), cwd: Path = ROOT,
+             ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """gunicorn serving `app`, by default from the project root so that
+    `gunicorn.conf.py` applies to it exactly as in production (another `cwd`
+    leaves it out); yields (base URL, master process)."""
     port = free_port()
-    command = [PYTHON, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}"]
+    command = [PYTHON, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", *options]
     if pythonpath:
         command += ["--pythonpath", pythonpath]
-    with started(command, env=env, log_path=log_path) as master:
+    with started(command, env=env, log_path=log_path, cwd=cwd) as master:
         base = f"http://127.0.0.1:{port}"
 
         def up() -> bool:

@@ -4,8 +4,10 @@ same server and against a tutorial Flask+RQ endpoint, at 16 and 64 clients.
     python bench/http_enqueue.py [--rounds 3] [--seconds 5] [--clients 16,64]
 
 Starts its own Redis, the service under gunicorn exactly as the Procfile does
-(`gunicorn.conf.py` applies; set WEB_CONCURRENCY/GUNICORN_THREADS to try others)
-and `bench/_tutorial_app.py` under the same gunicorn settings. POST /jobs runs with
+(`gunicorn.conf.py` applies) with WEB_CONCURRENCY=2 unless set, and
+`bench/_tutorial_app.py` deployed the tutorial way: `gunicorn -w 2`, gunicorn's
+default sync workers, none of the service's settings. Two processes each, one a
+core. POST /jobs runs with
 everything on: token auth, request validation, the three rate limits (set too
 high to refuse, so each is counted), the queue-depth cap, the newest-first index.
 No worker runs: the queues are emptied between measurements instead, so the web
@@ -14,8 +16,12 @@ server and wrk have the two cores to themselves.
 from __future__ import annotations
 
 import json
+import os
 
 import _common as c
+
+#: Web processes each server gets on this 2-core machine.
+PROCESSES = "2"
 
 
 def main() -> None:
@@ -29,8 +35,11 @@ def main() -> None:
     json_headers = {"Content-Type": "application/json"}
     with c.redis_server(directory) as redis:
         env = c.service_env(redis.url)
-        with c.gunicorn("service:create_app()", env=env, log_path=directory / "service.log") as (service, master), \
-             c.gunicorn("_tutorial_app:app", env=env, log_path=directory / "tutorial.log", pythonpath="bench") as (tutorial, tutorial_master):
+        service_env = {**env, "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", PROCESSES)}
+        # From bench/, so the project's gunicorn.conf.py stays out of the tutorial's server.
+        tutorial_server = dict(options=["--workers", PROCESSES], cwd=c.BENCH, pythonpath=str(c.ROOT))
+        with c.gunicorn("service:create_app()", env=service_env, log_path=directory / "service.log") as (service, master), \
+             c.gunicorn("_tutorial_app:app", env=env, log_path=directory / "tutorial.log", **tutorial_server) as (tutorial, tutorial_master):
             servers = {"POST /jobs": master, "GET /health": master, "tutorial POST /jobs": tutorial_master}
             endpoints = {
                 "POST /jobs": dict(url=f"{service}/jobs", method="POST", body=body,
@@ -66,8 +75,9 @@ def main() -> None:
                     ratios[n, "tutorial"].add(rps["POST /jobs"] / rps["tutorial POST /jobs"])
 
     c.header(
-        "HTTP enqueue (wrk, keep-alive)",
+        "HTTP enqueue (wrk, keep-alive where the server keeps connections)",
         f"{args.rounds} rounds of {args.seconds:g} s per endpoint and client count; median (lowest–highest)",
+        f"service: {service_env['WEB_CONCURRENCY']} gevent workers; tutorial: gunicorn -w {PROCESSES} (sync)",
     )
     for n in clients:
         print(f"\n{n} clients")

@@ -245,6 +245,14 @@ def gunicorn(app: str, *, env: dict[str, str], log_path: Path, pythonpath: str |
         yield base, master
 
 
+def tutorial_gunicorn(*, env: dict[str, str], log_path: Path, workers: int = 2):
+    """`bench/_tutorial_app.py` deployed the tutorial way, `gunicorn -w 2 app:app`:
+    gunicorn's default sync workers, started from bench/ so that none of the
+    service's `gunicorn.conf.py` applies."""
+    return gunicorn("_tutorial_app:app", env=env, log_path=log_path, options=["--workers", str(workers)],
+                    cwd=BENCH, pythonpath=str(ROOT))
+
+
 # --- wrk ---------------------------------------------------------------------
 
 _WRK_REPORT = r"""

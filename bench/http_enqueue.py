@@ -36,10 +36,8 @@ def main() -> None:
     with c.redis_server(directory) as redis:
         env = c.service_env(redis.url)
         service_env = {**env, "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", PROCESSES)}
-        # From bench/, so the project's gunicorn.conf.py stays out of the tutorial's server.
-        tutorial_server = dict(options=["--workers", PROCESSES], cwd=c.BENCH, pythonpath=str(c.ROOT))
         with c.gunicorn("service:create_app()", env=service_env, log_path=directory / "service.log") as (service, master), \
-             c.gunicorn("_tutorial_app:app", env=env, log_path=directory / "tutorial.log", **tutorial_server) as (tutorial, tutorial_master):
+             c.tutorial_gunicorn(env=env, log_path=directory / "tutorial.log", workers=int(PROCESSES)) as (tutorial, tutorial_master):
             servers = {"POST /jobs": master, "GET /health": master, "tutorial POST /jobs": tutorial_master}
             endpoints = {
                 "POST /jobs": dict(url=f"{service}/jobs", method="POST", body=body,

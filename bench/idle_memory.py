@@ -6,10 +6,12 @@ up and has served a little, against the same processes written the plain way.
 Each round starts, on a Redis of its own: the service's web server (gunicorn as
 in the Procfile, `gunicorn.conf.py` applies), `python worker.py` (two processes:
 the supervisor and the executor it forks, which share most of their pages, so
-their PSS sum is given too) and `python scheduler.py`; and as baselines the tutorial app (`bench/_tutorial_app.py`) under
-the same gunicorn settings and plain `rq worker`. Each web server answers a few
-enqueues and reads first, so the figure is that of a process that has been used;
-then everything idles for `--settle` seconds before RSS is read from /proc.
+their PSS sum is given too) and `python scheduler.py`; and as baselines the
+tutorial app (`bench/_tutorial_app.py`) under `gunicorn -w 2`, the tutorial way
+(sync workers, none of the service's settings), and plain `rq worker`. Each web
+server answers a few enqueues and reads first, so the figure is that of a
+process that has been used; then everything idles for `--settle` seconds before
+RSS is read from /proc.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def main() -> None:
             with contextlib.ExitStack() as stack:
                 base, master = stack.enter_context(c.gunicorn("service:create_app()", env=env, log_path=log_path))
                 tutorial, tutorial_master = stack.enter_context(
-                    c.gunicorn("_tutorial_app:app", env=env, log_path=log_path, pythonpath="bench"))
+                    c.tutorial_gunicorn(env=env, log_path=log_path))
                 worker = stack.enter_context(c.started([c.PYTHON, "worker.py"], env=env, log_path=log_path))
                 scheduler = stack.enter_context(c.started([c.PYTHON, "scheduler.py"], env=env, log_path=log_path))
                 plain = stack.enter_context(c.started(
@@ -61,7 +63,8 @@ def main() -> None:
                 rss["scheduler"].add(c.rss_mb(scheduler.pid))
                 rss["plain rq worker"].add(c.rss_mb(plain.pid))
 
-    c.header("Idle memory (RSS)", f"{args.rounds} rounds; MB median (lowest–highest); {web_workers} web worker(s) a server")
+    c.header("Idle memory (RSS)", f"{args.rounds} rounds; MB median (lowest–highest); "
+             f"the service: {web_workers} web worker(s); the tutorial: gunicorn -w 2 (sync)")
     c.table(["process", "RSS MB"], [[name, rss[name].show(1)] for name in names])
     web, worker = rss["web worker (largest)"].median, rss["worker: supervisor"].median
     executor, both = rss["worker: executor"].median, rss["worker: both, PSS"].median

@@ -70,3 +70,36 @@ def test_calls_fail_with_the_connection_and_the_next_are_not_stuck_behind_them()
     for _ in range(2):
         with pytest.raises(ConnectionError):
             batcher(["log"], ["never"])
+
+
+def test_a_forked_child_sends_on_a_connection_of_its_own(connection):
+    """Parent and child call at once: on one shared socket they would read each other's replies."""
+    import json
+    import os
+
+    batcher = ScriptBatcher(connection, SCRIPT)
+    assert batcher(["log"], ["before"]) == 1
+
+    def calls(who):
+        return {f"{who}-{i}": batcher(["log"], [f"{who}-{i}"]) for i in range(300)}
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            try:
+                outcome = calls("child")
+            except Exception as error:  # reported to the parent, which asserts
+                outcome = {"error": repr(error)}
+            os.write(write_end, json.dumps(outcome).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answers = calls("parent")
+    with os.fdopen(read_end, "rb") as pipe:
+        answers.update(json.loads(pipe.read()))
+    os.waitpid(pid, 0)
+    stored = [item.decode() for item in connection.lrange("log", 0, -1)]
+    assert len(stored) == 601
+    # Each answer is the length the list had right after that call's own push.
+    assert {item: stored[length - 1] for item, length in answers.items()} == {item: item for item in answers}

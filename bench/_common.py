@@ -245,11 +245,15 @@ def gunicorn(app: str, *, env: dict[str, str], log_path: Path, pythonpath: str |
         yield base, master
 
 
-def tutorial_gunicorn(*, env: dict[str, str], log_path: Path, workers: int = 2):
-    """`bench/_tutorial_app.py` deployed the tutorial way, `gunicorn -w 2 app:app`:
-    gunicorn's default sync workers, started from bench/ so that none of the
-    service's `gunicorn.conf.py` applies."""
-    return gunicorn("_tutorial_app:app", env=env, log_path=log_path, options=["--workers", str(workers)],
+#: Web processes of the tutorial baseline, one a core of this 2-core machine.
+TUTORIAL_WORKERS = 2
+
+
+def tutorial_gunicorn(*, env: dict[str, str], log_path: Path):
+    """`bench/_tutorial_app.py` deployed the tutorial way, `gunicorn -w 2 app:app`
+    (`TUTORIAL_WORKERS`): gunicorn's default sync workers, started from bench/ so
+    that none of the service's `gunicorn.conf.py` applies."""
+    return gunicorn("_tutorial_app:app", env=env, log_path=log_path, options=["--workers", str(TUTORIAL_WORKERS)],
                     cwd=BENCH, pythonpath=str(ROOT))
 
 

@@ -20,9 +20,6 @@ import os
 
 import _common as c
 
-#: Web processes each server gets on this 2-core machine.
-PROCESSES = "2"
-
 
 def main() -> None:
     args = c.arguments(
@@ -35,9 +32,10 @@ def main() -> None:
     json_headers = {"Content-Type": "application/json"}
     with c.redis_server(directory) as redis:
         env = c.service_env(redis.url)
-        service_env = {**env, "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", PROCESSES)}
+        # As many web processes as the tutorial has, unless WEB_CONCURRENCY says otherwise.
+        service_env = {**env, "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", str(c.TUTORIAL_WORKERS))}
         with c.gunicorn("service:create_app()", env=service_env, log_path=directory / "service.log") as (service, master), \
-             c.tutorial_gunicorn(env=env, log_path=directory / "tutorial.log", workers=int(PROCESSES)) as (tutorial, tutorial_master):
+             c.tutorial_gunicorn(env=env, log_path=directory / "tutorial.log") as (tutorial, tutorial_master):
             servers = {"POST /jobs": master, "GET /health": master, "tutorial POST /jobs": tutorial_master}
             endpoints = {
                 "POST /jobs": dict(url=f"{service}/jobs", method="POST", body=body,
@@ -75,7 +73,7 @@ def main() -> None:
     c.header(
         "HTTP enqueue (wrk, keep-alive where the server keeps connections)",
         f"{args.rounds} rounds of {args.seconds:g} s per endpoint and client count; median (lowest–highest)",
-        f"service: {service_env['WEB_CONCURRENCY']} gevent workers; tutorial: gunicorn -w {PROCESSES} (sync)",
+        f"service: {service_env['WEB_CONCURRENCY']} gevent workers; tutorial: gunicorn -w {c.TUTORIAL_WORKERS} (sync)",
     )
     for n in clients:
         print(f"\n{n} clients")

@@ -64,7 +64,7 @@ def main() -> None:
                 rss["plain rq worker"].add(c.rss_mb(plain.pid))
 
     c.header("Idle memory (RSS)", f"{args.rounds} rounds; MB median (lowest–highest); "
-             f"the service: {web_workers} web worker(s); the tutorial: gunicorn -w 2 (sync)")
+             f"the service: {web_workers} web worker(s); the tutorial: gunicorn -w {c.TUTORIAL_WORKERS} (sync)")
     c.table(["process", "RSS MB"], [[name, rss[name].show(1)] for name in names])
     web, worker = rss["web worker (largest)"].median, rss["worker: supervisor"].median
     executor, both = rss["worker: executor"].median, rss["worker: both, PSS"].median

@@ -249,6 +249,12 @@ def gunicorn(app: str, *, env: dict[str, str], log_path: Path, pythonpath: str |
 TUTORIAL_WORKERS = 2
 
 
+def with_web_workers(env: dict[str, str]) -> dict[str, str]:
+    """`env` for the service's web server with as many processes as the tutorial
+    has, unless WEB_CONCURRENCY says otherwise."""
+    return {**env, "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", str(TUTORIAL_WORKERS))}
+
+
 def tutorial_gunicorn(*, env: dict[str, str], log_path: Path):
     """`bench/_tutorial_app.py` deployed the tutorial way, `gunicorn -w 2 app:app`
     (`TUTORIAL_WORKERS`): gunicorn's default sync workers, started from bench/ so

@@ -16,7 +16,6 @@ server and wrk have the two cores to themselves.
 from __future__ import annotations
 
 import json
-import os
 
 import _common as c
 
@@ -32,8 +31,7 @@ def main() -> None:
     json_headers = {"Content-Type": "application/json"}
     with c.redis_server(directory) as redis:
         env = c.service_env(redis.url)
-        # As many web processes as the tutorial has, unless WEB_CONCURRENCY says otherwise.
-        service_env = {**env, "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", str(c.TUTORIAL_WORKERS))}
+        service_env = c.with_web_workers(env)
         with c.gunicorn("service:create_app()", env=service_env, log_path=directory / "service.log") as (service, master), \
              c.tutorial_gunicorn(env=env, log_path=directory / "tutorial.log") as (tutorial, tutorial_master):
             servers = {"POST /jobs": master, "GET /health": master, "tutorial POST /jobs": tutorial_master}

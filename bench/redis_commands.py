@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import http.client
 import json
-import time
 
 import _common as c
 

@@ -5,15 +5,14 @@ pays a round trip of its own: a connection checkout, a send, a wait, a read,
 and as much again in Redis. Here the first caller that finds no batch on the
 wire sends every call queued so far in one pipeline; calls that arrive while
 it waits queue up and go together in the next batch, sent by the first of
-them. An idle server sends batches of one (as a plain command, which costs
-less than a pipeline), so nothing waits for company.
+them. An idle server sends batches of one, so nothing waits for company.
 
 Each call is still its own script run, so each stays atomic and can fail on
 its own (a full Redis refuses one write, not the batch's neighbours). As one
 batch at most is on the wire, the batcher keeps a connection of its own rather
 than checking one out of the pool per call (redis-py's checkout and release,
 with their readiness poll and fork checks, cost about 20 µs of CPU a call).
-Threads and gevent's greenlets alike: gunicorn's gevent worker patches
+Threads and gevent's greenlets alike: `gunicorn.conf.py` has gevent patch
 `threading` before the app is loaded.
 """
 from __future__ import annotations
@@ -23,7 +22,10 @@ import os
 import threading
 from typing import Any, Sequence
 
+from hiredis import pack_command
 from redis import Redis
+from redis.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 
@@ -46,8 +48,8 @@ class ScriptBatcher:
         self.script = script
         #: The connection batches go out on, and the process it was opened in
         #: (a forked child must not share its parent's socket).
-        self._client: Redis | None = None
-        self._client_pid = 0
+        self._conn: AbstractConnection | None = None
+        self._conn_pid = 0
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self._lock = threading.Lock()
         self._waiting: list[_Call] = []
@@ -89,33 +91,45 @@ class ScriptBatcher:
             following.done.set()
 
     def _run(self, batch: list[_Call]) -> list[Any]:
-        client = self._own_client()
-        results = self._send(client, batch)
+        results = self._send(batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:  # Redis restarted or its scripts were flushed: load, send those again
-            client.script_load(self.script)
-            for i, result in zip(missing, self._send(client, [batch[i] for i in missing])):
+            self.connection.script_load(self.script)
+            for i, result in zip(missing, self._send([batch[i] for i in missing])):
                 results[i] = result
         return results
 
-    def _own_client(self) -> Redis:
+    def _own_connection(self) -> AbstractConnection:
         """The batcher's connection (from the pool, kept), opened on first use."""
-        if self._client is None or self._client_pid != os.getpid():
-            self._client, self._client_pid = self.connection.client(), os.getpid()
-        return self._client
+        if self._conn is None or self._conn_pid != os.getpid():
+            self._conn = self.connection.connection_pool.get_connection()
+            self._conn_pid = os.getpid()
+        return self._conn
 
-    def _send(self, client: Redis, batch: list[_Call]) -> list[Any]:
-        """Each call's reply, or its error (as a pipeline gives them back)."""
-        if len(batch) > 1:
-            return self._pipeline(client, batch)
-        call = batch[0]  # alone on the wire: a plain command costs less than a pipeline
+    def _send(self, batch: list[_Call]) -> list[Any]:
+        """Each call's reply, or its error. The calls go out packed in one write,
+        as a pipeline would send them, but without redis-py's per-command layers
+        (argument checks, the pipeline's bookkeeping, reply callbacks), which
+        cost as much CPU as Redis spends running the script. A connection that
+        a Redis restart broke is reopened and the batch sent once more, as the
+        client's retry policy (`service.connection`) does for a command."""
+        packed = b"".join(
+            pack_command(("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)) for call in batch
+        )
+        conn = self._own_connection()
         try:
-            return [client.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)]
-        except ResponseError as error:
-            return [error]
+            return self._exchange(conn, packed, len(batch))
+        except RedisConnectionError:
+            conn.disconnect()
+            return self._exchange(conn, packed, len(batch))
 
-    def _pipeline(self, client: Redis, batch: list[_Call]) -> list[Any]:
-        with client.pipeline(transaction=False) as pipe:
-            for call in batch:
-                pipe.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
-            return pipe.execute(raise_on_error=False)
+    @staticmethod
+    def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list[Any]:
+        conn.send_packed_command([packed])
+        results: list[Any] = []
+        for _ in range(count):
+            try:
+                results.append(conn.read_response())
+            except ResponseError as error:
+                results.append(error)
+        return results

@@ -58,6 +58,16 @@ def test_scripts_flushed_from_redis_are_loaded_again(connection):
     assert batcher(["log"], ["second"]) == 2
 
 
+def test_a_connection_redis_closed_is_opened_again_and_the_call_runs_once(connection):
+    """A Redis restart breaks the batcher's kept connection; the next call must not fail for it."""
+    batcher = ScriptBatcher(connection, SCRIPT)
+    assert batcher(["log"], ["first"]) == 1
+    killed = connection.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    assert batcher(["log"], ["second"]) == 2
+    assert [item.decode() for item in connection.lrange("log", 0, -1)] == ["first", "second"]
+
+
 def test_calls_fail_with_the_connection_and_the_next_are_not_stuck_behind_them():
     from redis import Redis
     from redis.backoff import NoBackoff

@@ -72,7 +72,7 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             line["stack_info"] = self.formatStack(record.stack_info)
         line["time"] = datetime.fromtimestamp(record.created, timezone.utc).isoformat()
-        return json.dumps(line, default=_plain)
+        return _ENCODER.encode(line)
 
 
 def _plain(value: Any) -> str:
@@ -80,6 +80,10 @@ def _plain(value: Any) -> str:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     return str(value)
+
+
+#: One encoder for every line: `json.dumps` with `default` builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_plain)
 
 
 def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, exc_info=None, **fields: Any) -> None:

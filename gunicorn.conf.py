@@ -8,7 +8,7 @@ import os
 
 # The app is loaded once, in this (master) process, and the web workers are forked
 # from it, so they share its code and objects instead of each importing its own
-# copy (about 45 MB of private memory per worker becomes about 11). Modules that
+# copy (about 45 MB of private memory, USS, per worker becomes about 11). Modules that
 # take `threading.Lock` or `socket` at import must see gevent's, so the master
 # patches before anything else is imported; the workers then run on the same
 # patched modules. Each worker still gets its own Redis connections: redis-py and
@@ -55,18 +55,29 @@ if os.environ.get("LOG_FORMAT", "json") == "json":
     }
 
 
-def pre_fork(server, worker):
+def when_ready(server):
     """Move the loaded app's objects (Flask, pydantic's schemas, the job registry:
-    most of the heap, and never garbage) out of the collector's sight before a
-    worker is forked. A full collection then walks only what requests allocate,
-    instead of pausing every request in flight for milliseconds now and then;
-    and it never writes to those objects' pages, which stay shared with the
-    master instead of being copied into every worker."""
+    most of the heap, and never garbage) out of the collector's sight, once,
+    before the first worker is forked. A full collection then walks only what
+    requests allocate, instead of pausing every request in flight for
+    milliseconds now and then; and it never writes to those objects' pages,
+    which stay shared with the master instead of being copied into every worker."""
     gc.freeze()
 
 
+def post_fork(server, worker):
+    """A HUP has the master set gunicorn's logging up again (`logconfig_dict`
+    below), which takes away the handler the app added to the root logger when
+    it loaded; the app is not loaded again, so each worker puts it back
+    (`logs.setup` adds it only where it is missing)."""
+    from service import logs
+    from service.settings import Settings
+
+    logs.setup("web", Settings.from_env())
+
+
 def post_worker_init(worker):
-    """The same for what the worker allocated while starting (gevent's hub)."""
+    """Freeze what the worker allocated while starting (gevent's hub) too."""
     gc.freeze()
 
 

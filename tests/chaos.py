@@ -180,6 +180,13 @@ def elapsed(since: float) -> float:
 @contextlib.contextmanager
 def web(redis_url: str, log_path: Path, **env: str):
     """gunicorn as the Procfile runs it (two workers); yields the API's base URL."""
+    with web_server(redis_url, log_path, **env) as (base, _master):
+        yield base
+
+
+@contextlib.contextmanager
+def web_server(redis_url: str, log_path: Path, **env: str):
+    """The same; yields the API's base URL and gunicorn's master process."""
     from service.embedded_redis import free_port
     from tests.conftest import wait_for
 
@@ -197,4 +204,4 @@ def web(redis_url: str, log_path: Path, **env: str):
                 return False
 
         wait_for(up, timeout=30, what="gunicorn to answer /health")
-        yield base
+        yield base, process

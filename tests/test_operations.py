@@ -240,6 +240,32 @@ def test_processes_log_one_json_event_per_step_with_the_job_id_and_name(redis_ur
     assert [e for e in worker if e.get("event") == "job.finished"][0]["duration"] >= 0
 
 
+def test_the_web_still_logs_every_request_after_gunicorn_reloads_on_hup(redis_url, tmp_path):
+    """A HUP makes gunicorn's master set its logging up again and fork new workers
+    from the app it loaded once: those must log like the first ones."""
+    import signal
+
+    import psutil
+
+    from tests import processes
+
+    log_path = tmp_path / "web.log"
+    with chaos.web_server(redis_url, log_path) as (base, master):
+        first = {child.pid for child in psutil.Process(master.pid).children()}
+        master.send_signal(signal.SIGHUP)
+
+        def replaced():
+            now = {child.pid for child in psutil.Process(master.pid).children()}
+            return len(now) == 2 and not now & first
+
+        wait_for(replaced, timeout=30, what="gunicorn to replace its workers")
+        session = processes.session()
+        ids = {session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=5).json()["id"]
+               for _ in range(6)}
+        logged = lambda: {e.get("job_id") for e in chaos.log_events(log_path) if e.get("event") == "job.enqueued"}
+        wait_for(lambda: ids <= logged(), timeout=10, what="a log line for each enqueue")
+
+
 def test_a_log_line_is_one_json_object_with_the_event_fields_and_the_traceback():
     formatter = logs.json_formatter("worker")
     try:

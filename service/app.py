@@ -1,6 +1,8 @@
 """The application factory."""
 from __future__ import annotations
 
+import json
+
 from apiflask import APIFlask
 from flask import request
 from redis import Redis
@@ -71,11 +73,16 @@ def create_app(
         if not request.is_json:
             raise problems.problem(415, "Send the body as JSON (Content-Type: application/json).")
         try:
-            request.get_json()
+            body = request.get_json()
         except BadRequest:
             raise problems.problem(400, "The request body is not valid JSON.") from None
         except RecursionError:
             raise problems.problem(422, "The request body nests too deeply.") from None
+        # JSON may spell half of a UTF-16 surrogate pair (`"\ud800"`), which is
+        # not text: Redis could not store it, nor any answer carry it. Only a body
+        # with a `\u` escape can hold one, so most are not walked.
+        if b"\\u" in request.get_data() and _has_lone_surrogate(body):
+            raise problems.problem(400, "The request body has an unpaired surrogate (\\ud800-\\udfff): not text.")
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
@@ -88,6 +95,14 @@ def create_app(
     rate_limits.check_declared(settings, registry)
     app.cli.add_command(cli.jobs)
     return app
+
+
+def _has_lone_surrogate(body) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _finish_spec(spec: dict) -> dict:

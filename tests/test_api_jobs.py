@@ -110,6 +110,21 @@ def test_malformed_json_is_400(client, connection):
     assert stored_keys(connection) == []
 
 
+def test_half_a_surrogate_pair_is_400_and_stores_nothing(client, connection):
+    # Valid JSON, but not text: Redis could not store it, nor an answer carry it.
+    body = '{"job": "demo.fail", "kwargs": {"message": "caf\\udce9"}}'
+    response = client.post("/jobs", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.content_type == "application/problem+json"
+    assert "surrogate" in response.json["detail"]
+    assert stored_keys(connection) == []
+    # A whole pair is a character like any other.
+    body = '{"job": "demo.fail", "kwargs": {"message": "\\ud83d\\ude00"}}'
+    response = client.post("/jobs", data=body, content_type="application/json")
+    assert response.status_code == 202
+    assert response.json["kwargs"] == {"message": "\U0001f600"}
+
+
 def test_a_body_that_is_not_json_is_415(client, connection):
     response = client.post("/jobs", data="job=demo.add", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415

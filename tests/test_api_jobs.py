@@ -125,6 +125,21 @@ def test_half_a_surrogate_pair_is_400_and_stores_nothing(client, connection):
     assert response.json["kwargs"] == {"message": "\U0001f600"}
 
 
+def test_a_result_holding_half_a_surrogate_pair_is_still_answered(client, connection, work):
+    """Job code may return text decoded with `surrogateescape` (file names, a
+    program's output); the job's answer escapes it rather than failing."""
+    from rq.results import Result
+
+    from service.queues import fetch_job
+
+    job_id = enqueue(client, {"job": "demo.add", "args": [1, 2]}).json["id"]
+    work()
+    Result.create(fetch_job(job_id, connection), Result.Type.SUCCESSFUL, ttl=500, return_value="caf\udce9")
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200
+    assert response.json["result"] == "caf\udce9"
+
+
 def test_a_body_that_is_not_json_is_415(client, connection):
     response = client.post("/jobs", data="job=demo.add", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415

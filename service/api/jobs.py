@@ -9,6 +9,7 @@ from typing import Literal
 from apiflask import APIBlueprint
 from flask import Response, g, request, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 from rq.exceptions import NoSuchJobError
 
 from .. import enqueue as enqueuing
@@ -220,7 +221,13 @@ def _answer(schema: type[BaseModel], view: dict, status: int = 200, headers: dic
     APIFlask passes a Response through as it is.
     """
     g.job = (view["id"], view.get("job"))
-    body = schema.model_validate(view).model_dump_json(by_alias=True)
+    answer = schema.model_validate(view)
+    try:
+        body = answer.model_dump_json(by_alias=True)
+    except PydanticSerializationError:
+        # pydantic will not write half a surrogate pair, which a job's result or
+        # error may hold (text decoded with `surrogateescape`); json escapes it.
+        body = json.dumps(answer.model_dump(mode="json", by_alias=True))
     return Response(body, status, headers, mimetype="application/json")
 
 

@@ -113,15 +113,26 @@ class ScriptBatcher:
         cost as much CPU as Redis spends running the script. A connection that
         a Redis restart broke is reopened and the batch sent once more, as the
         client's retry policy (`service.connection`) does for a command."""
-        packed = b"".join(
-            pack_command(("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)) for call in batch
-        )
+        results: list[Any] = [None] * len(batch)
+        packed: list[bytes] = []
+        sent: list[int] = []
+        for i, call in enumerate(batch):
+            try:
+                packed.append(pack_command(("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)))
+                sent.append(i)
+            except (TypeError, ValueError) as error:  # an argument Redis cannot take
+                results[i] = error  # fails its own call, not its neighbours'
+        if not sent:
+            return results
         conn = self._own_connection()
         try:
-            return self._exchange(conn, packed, len(batch))
+            replies = self._exchange(conn, b"".join(packed), len(sent))
         except RedisConnectionError:
             conn.disconnect()
-            return self._exchange(conn, packed, len(batch))
+            replies = self._exchange(conn, b"".join(packed), len(sent))
+        for i, reply in zip(sent, replies):
+            results[i] = reply
+        return results
 
     @staticmethod
     def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list[Any]:

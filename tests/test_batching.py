@@ -5,6 +5,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from service.batching import ScriptBatcher
+from tests.conftest import wait_for
 
 # Appends ARGV[1] to a list and answers with the list's length; fails on "boom".
 SCRIPT = """
@@ -49,6 +50,35 @@ def test_a_refused_call_fails_alone(connection):
     assert isinstance(answers.pop(3), ResponseError)
     assert all(isinstance(answer, int) for answer in answers.values())
     assert connection.llen("log") == 9
+
+
+def test_a_call_with_an_argument_redis_cannot_take_fails_alone(connection):
+    """It shares a batch with nine others, which still run."""
+    batcher = ScriptBatcher(connection, SCRIPT)
+    assert batcher(["log"], ["first"]) == 1
+    # Redis holds the next call's script while the rest queue up behind it, one batch.
+    connection.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    answers: dict[int, object] = {}
+
+    def call(i, value):
+        try:
+            answers[i] = batcher(["log"], [value])
+        except Exception as error:  # kept for the assertion
+            answers[i] = error
+
+    threads = [threading.Thread(target=call, args=(0, "on the wire"))]
+    threads[0].start()
+    wait_for(lambda: batcher._sending and not batcher._waiting, what="the first call to be sent")
+    threads += [threading.Thread(target=call, args=(i, "caf\udce9" if i == 4 else f"call-{i}")) for i in range(1, 10)]
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: len(batcher._waiting) == 9, what="nine calls to queue")
+    connection.execute_command("CLIENT", "UNPAUSE")
+    for thread in threads:
+        thread.join(timeout=30)
+    assert isinstance(answers.pop(4), UnicodeEncodeError)
+    assert all(isinstance(answer, int) for answer in answers.values()), answers
+    assert connection.llen("log") == 10
 
 
 def test_scripts_flushed_from_redis_are_loaded_again(connection):

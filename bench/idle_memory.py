@@ -71,9 +71,9 @@ def main() -> None:
                 rss["scheduler"].add(c.rss_mb(scheduler.pid))
                 rss["plain rq worker"].add(c.rss_mb(plain.pid))
 
-    c.header("Idle memory (RSS)", f"{args.rounds} rounds; MB median (lowest–highest); "
+    c.header("Idle memory (RSS; PSS where the row says so)", f"{args.rounds} rounds; MB median (lowest–highest); "
              f"the service: {web_workers} web worker(s); the tutorial: gunicorn -w {c.TUTORIAL_WORKERS} (sync)")
-    c.table(["process", "RSS MB"], [[name, rss[name].show(1)] for name in names])
+    c.table(["process", "MB"], [[name, rss[name].show(1)] for name in names])
     web, worker = rss["web worker (largest)"].median, rss["worker: supervisor"].median
     web_all, tutorial_all = rss["web: all processes, PSS"].median, rss["tutorial web: all processes, PSS"].median
     executor, both = rss["worker: executor"].median, rss["worker: both, PSS"].median
@@ -89,7 +89,7 @@ def main() -> None:
     # The web workers are forked from a master that has loaded the app, so most of
     # their pages are the master's, shared: RSS counts those in every worker.
     web_pss = rss["web worker (largest), PSS"].median
-    print("  " + c.verdict("each web worker PSS MB", web_pss, "≤ 50", web_pss <= 50))
+    print("  " + c.verdict("each web worker MB, counted as PSS", web_pss, "≤ 50", web_pss <= 50))
 
 
 def _executor(worker_pid: int) -> int | None:

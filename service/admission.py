@@ -3,8 +3,10 @@
 A script counts the request against its rate limits, checks the queue's cap
 and writes the job in RQ's own format (the record, its queue, the queues set
 and the newest-first index), atomically: a request refused for either reason
-writes nothing (the counts and the push are taken back), and an accepted one
-learns its place in the queue from RPUSH.
+writes nothing (the counts, the index entry and the push are taken back), and
+an accepted one learns its place in the queue from RPUSH. A call that runs a
+second time (`service.batching` sends a batch again after a broken connection)
+finds its job in the index and writes nothing more.
 
 Jobs RQ must place itself (dependencies, concurrency limits, a start time) use
 the script for the limits alone and RQ's code for the write (`service.enqueue`).
@@ -27,11 +29,18 @@ from .rate_limits import Counter, RateLimited
 # index, the workers' doorbell (`service.dequeue`).
 # ARGV: n, n amounts, n window lengths; then cap, job id, index score, job ttl
 #       and the job hash's fields and values.
-# Returns {'ok', queue length}, {'full'} or {'limited', counter number, ms left}.
+# Returns {'ok', queue length}, {'again'}, {'full'} or {'limited', counter number, ms left}.
 _SCRIPT = ("""
 local n = tonumber(ARGV[1])
 local write = #KEYS > n
 local at = 2 * n + 2
+local index, job_id = KEYS[n + 4], ARGV[at + 1]
+-- The index learns of the job first. If it knew it already, this very call ran
+-- before and was sent again after a broken connection took its answer
+-- (`service.batching`): writing the job twice would queue it twice.
+if write and redis.call('ZADD', index, ARGV[at + 2], job_id) == 0 then
+    return {'again'}
+end
 for i = 1, n do
     local hits = redis.call('INCR', KEYS[i])
     if hits == 1 then
@@ -41,18 +50,22 @@ for i = 1, n do
         for j = 1, i do
             redis.call('DECR', KEYS[j])
         end
+        if write then
+            redis.call('ZREM', index, job_id)
+        end
         return {'limited', i, redis.call('PTTL', KEYS[i])}
     end
 end
 if not write then
     return {'ok', 0}
 end
-local queue, job, job_id = KEYS[n + 1], KEYS[n + 3], ARGV[at + 1]
+local queue, job = KEYS[n + 1], KEYS[n + 3]
 local length = redis.call('RPUSH', queue, job_id)
 local cap = tonumber(ARGV[at])
 if cap > 0 and length > cap then
-    -- Full: undo the push and the counts (nothing ran in between), write nothing.
+    -- Full: undo the index, the push and the counts (nothing ran in between).
     redis.call('RPOP', queue)
+    redis.call('ZREM', index, job_id)
     for j = 1, n do
         redis.call('DECR', KEYS[j])
     end
@@ -63,7 +76,6 @@ local ttl = tonumber(ARGV[at + 3])
 if ttl > 0 then
     redis.call('EXPIRE', job, ttl)
 end
-redis.call('ZADD', KEYS[n + 4], ARGV[at + 2], job_id)
 if length == 1 then
     -- A queue that was empty: RQ lists it among the queues again (a set, so
     -- once is enough), and its workers may be waiting on the doorbell.
@@ -98,8 +110,9 @@ class Admission:
         """Count a request against `counters` only; RateLimited when one is full."""
         self._run(counters, [], [])
 
-    def enqueue(self, counters: Sequence[Counter], job, queue_key: str, cap: int) -> int:
-        """Write `job` (queued, RQ's format) at the back of `queue_key`; its position.
+    def enqueue(self, counters: Sequence[Counter], job, queue_key: str, cap: int) -> int | None:
+        """Write `job` (queued, RQ's format) at the back of `queue_key`; its position
+        (None when a resent call found the job written already).
 
         RateLimited or QueueFull, writing nothing, when refused.
         """
@@ -109,9 +122,9 @@ class Admission:
             fields += (name, value)
         args = [cap, job.id, job.created_at.timestamp(), job.ttl or 0, *fields]
         length = self._run(counters, keys, args)
-        return length - 1
+        return None if length is None else length - 1
 
-    def _run(self, counters, keys, args) -> int:
+    def _run(self, counters, keys, args) -> int | None:
         answer = self._script(
             [c.key for c in counters] + keys,
             [len(counters), *(c.amount for c in counters), *(c.seconds for c in counters), *args],
@@ -119,6 +132,8 @@ class Admission:
         outcome = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
         if outcome == "ok":
             return int(answer[1])
+        if outcome == "again":
+            return None
         if outcome == "full":
             raise QueueFull()
         counter = counters[int(answer[1]) - 1]

@@ -112,7 +112,9 @@ class ScriptBatcher:
         (argument checks, the pipeline's bookkeeping, reply callbacks), which
         cost as much CPU as Redis spends running the script. A connection that
         a Redis restart broke is reopened and the batch sent once more, as the
-        client's retry policy (`service.connection`) does for a command."""
+        client's retry policy (`service.connection`) does for a command; Redis
+        may have run some of its calls already, so a script sent through here
+        must be safe to run twice (the enqueue script writes a job once)."""
         results: list[Any] = [None] * len(batch)
         packed: list[bytes] = []
         sent: list[int] = []

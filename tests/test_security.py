@@ -11,7 +11,7 @@ import pytest
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service import create_app
+from service import create_app, job_index
 from service.app import MissingTokens
 from service.auth import PUBLIC, TokenError, parse_tokens
 from service.dashboard import harden
@@ -241,6 +241,7 @@ def test_a_full_queue_answers_503_with_retry_after(settings, connection):
     assert response.headers["Retry-After"] == "30"
     assert connection.llen("rq:queue:default") == 2
     assert len(list(connection.scan_iter("rq:job:*"))) == 2, "the refused job must not be stored"
+    assert connection.zcard(job_index.KEY) == 2, "nor listed"
     counts = [int(connection.get(key)) for key in connection.scan_iter("jobservice:ratelimit:*")]
     assert counts and set(counts) == {2}, "a refused request is not counted against the rate limits"
 
@@ -277,6 +278,7 @@ def test_floods_past_the_token_limit_get_429(settings, connection):
     ]
     assert codes == [202] * 5 + [429] * 3
     assert connection.llen("rq:queue:default") == 5
+    assert connection.zcard(job_index.KEY) == 5, "a refused job is not listed"
     assert client.get("/health").status_code == 200
 
 

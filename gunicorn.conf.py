@@ -13,6 +13,7 @@ import os
 # patches before anything else is imported; the workers then run on the same
 # patched modules. Each worker still gets its own Redis connections: redis-py and
 # the enqueue batcher open new ones when they find themselves in a new process.
+import gevent
 from gevent import monkey
 
 monkey.patch_all()
@@ -65,19 +66,16 @@ def when_ready(server):
     gc.freeze()
 
 
-def post_fork(server, worker):
-    """A HUP has the master set gunicorn's logging up again (`logconfig_dict`
-    below), which takes away the handler the app added to the root logger when
-    it loaded; the app is not loaded again, so each worker puts it back
-    (`logs.setup` adds it only where it is missing)."""
+def post_worker_init(worker):
+    """A worker about to serve. A HUP has the master set gunicorn's logging up
+    again (`logconfig_dict` above), which takes away the handler the app added
+    to the root logger when it loaded; the app is not loaded again, so each
+    worker puts it back (`logs.setup` adds it only where it is missing). Then
+    what the worker allocated while starting (gevent's hub) is frozen too."""
     from service import logs
     from service.settings import Settings
 
     logs.setup("web", Settings.from_env())
-
-
-def post_worker_init(worker):
-    """Freeze what the worker allocated while starting (gevent's hub) too."""
     gc.freeze()
 
 
@@ -86,6 +84,4 @@ def post_request(worker, req, environ, resp):
     client whose next request is already there is otherwise served again and
     again without the greenlet ever blocking, and the rest wait: a /health
     probe could wait most of a second behind a busy client."""
-    import gevent  # here, not above: the master process never needs it
-
     gevent.sleep(0)

@@ -126,12 +126,12 @@ class ScriptBatcher:
                 results[i] = error  # fails its own call, not its neighbours'
         if not sent:
             return results
-        conn = self._own_connection()
+        conn, data = self._own_connection(), b"".join(packed)
         try:
-            replies = self._exchange(conn, b"".join(packed), len(sent))
+            replies = self._exchange(conn, data, len(sent))
         except RedisConnectionError:
             conn.disconnect()
-            replies = self._exchange(conn, b"".join(packed), len(sent))
+            replies = self._exchange(conn, data, len(sent))
         for i, reply in zip(sent, replies):
             results[i] = reply
         return results

@@ -335,6 +335,12 @@ def pss_mb(pid: int) -> float | None:
     return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
+def pss_total_mb(pids: Iterable[int]) -> float:
+    """The PSS of related processes added up: what they use together, shared
+    pages counted once (a process already gone counts 0)."""
+    return sum(pss_mb(pid) or 0 for pid in pids)
+
+
 def _proc_kb(path: str, field: str) -> float | None:
     try:
         for line in Path(path).read_text().splitlines():

@@ -59,15 +59,14 @@ def main() -> None:
                 rss["web master"].add(c.rss_mb(master.pid))
                 rss["web worker (largest)"].add(max(c.rss_mb(pid) or 0 for pid in workers))
                 rss["web worker (largest), PSS"].add(max(c.pss_mb(pid) or 0 for pid in workers))
-                rss["web: all processes, PSS"].add(sum(c.pss_mb(pid) or 0 for pid in [master.pid, *workers]))
+                rss["web: all processes, PSS"].add(c.pss_total_mb([master.pid, *workers]))
                 tutorial_workers = c.children(tutorial_master.pid)
                 rss["tutorial web worker (largest)"].add(max(c.rss_mb(pid) or 0 for pid in tutorial_workers))
-                rss["tutorial web: all processes, PSS"].add(
-                    sum(c.pss_mb(pid) or 0 for pid in [tutorial_master.pid, *tutorial_workers]))
+                rss["tutorial web: all processes, PSS"].add(c.pss_total_mb([tutorial_master.pid, *tutorial_workers]))
                 executor = _executor(worker.pid)
                 rss["worker: supervisor"].add(c.rss_mb(worker.pid))
                 rss["worker: executor"].add(c.rss_mb(executor))
-                rss["worker: both, PSS"].add((c.pss_mb(worker.pid) or 0) + (c.pss_mb(executor) or 0))
+                rss["worker: both, PSS"].add(c.pss_total_mb([worker.pid, executor]))
                 rss["scheduler"].add(c.rss_mb(scheduler.pid))
                 rss["plain rq worker"].add(c.rss_mb(plain.pid))
 

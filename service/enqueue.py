@@ -33,6 +33,8 @@ JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,100}$")]
 MAX_ARGUMENT_DEPTH = 32
 MAX_STRING_LENGTH = 65_536
 Seconds = Annotated[int, Field(ge=0, le=86400)]
+#: How far ahead a job may ask to start (`delay` or `at`).
+MAX_START_DELAY = timedelta(days=366)
 
 
 class InvalidRequest(ValueError):
@@ -97,8 +99,12 @@ class JobRequest(BaseModel):
     args: list[Any] = Field(default_factory=list, description="Positional arguments.", examples=[[1, 2]])
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
     queue: str | None = Field(None, description="`high`, `default` or `low`; else the job's own or `default`.")
-    delay: float | None = Field(None, ge=0, le=366 * 86400, description="Run no sooner than this many seconds from now.")
-    at: AwareDatetime | None = Field(None, description="Run no sooner than this time (ISO 8601 with a zone).")
+    delay: float | None = Field(
+        None, ge=0, le=MAX_START_DELAY.total_seconds(), description="Run no sooner than this many seconds from now."
+    )
+    at: AwareDatetime | None = Field(
+        None, description="Run no sooner than this time (ISO 8601 with a zone), at most 366 days ahead."
+    )
     retry: RetryPolicy | None = Field(None, description="Default: the job's own, else 3 retries after 4, 16, 64 s.")
     timeout: int | None = Field(None, ge=1, le=7 * 86400, description="Seconds the job may run.")
     result_ttl: int | None = Field(None, ge=0, le=30 * 86400, description="Seconds the result is kept.")
@@ -178,12 +184,8 @@ def prepare(
         raise InvalidRequest("queue", f"unknown queue {queue_name!r}; one of {', '.join(settings.queues)}")
     retry = request.retry or (RetryPolicy.model_validate(own["retry"]) if "retry" in own else RetryPolicy())
     at = request.at
-    if request.delay is not None:
-        at = (now or datetime.now(timezone.utc)) + timedelta(seconds=request.delay)
-    if at is not None and at.microsecond:
-        # RQ keeps a start time in whole seconds, truncated: without rounding
-        # up, a job asked for 12:00:00.7 would run at 12:00:00, early.
-        at = at.replace(microsecond=0) + timedelta(seconds=1)
+    if request.delay is not None or at is not None:
+        at = _start_time(request, now or datetime.now(timezone.utc))
     options = {
         "timeout": request.timeout or own.get("timeout") or settings.job_timeout,
         "result_ttl": _first(request.result_ttl, own.get("result_ttl"), settings.result_ttl),
@@ -207,6 +209,26 @@ def prepare(
         spec=spec, queue=queue_name, args=args, kwargs=kwargs, at=at, options=options,
         queue_limit=settings.max_queue_depth, webhook=webhook,
     )
+
+
+def _start_time(request: JobRequest, now: datetime) -> datetime:
+    """When a job asked to start later may start: UTC, in whole seconds, at most
+    MAX_START_DELAY ahead (a time further out, up to year 9999, would overflow
+    the arithmetic that schedules it, after its rate limits were counted)."""
+    if request.delay is not None:
+        at = now + timedelta(seconds=request.delay)
+    else:
+        try:
+            at = request.at.astimezone(timezone.utc)  # type: ignore[union-attr]
+        except OverflowError:  # 0001-01-01T00:00:00+14:00 is before the first UTC time
+            raise InvalidRequest("at", "out of range") from None
+        if at > now + MAX_START_DELAY:
+            raise InvalidRequest("at", f"more than {MAX_START_DELAY.days} days ahead")
+    if at.microsecond:
+        # RQ keeps a start time in whole seconds, truncated: without rounding
+        # up, a job asked for 12:00:00.7 would run at 12:00:00, early.
+        at = at.replace(microsecond=0) + timedelta(seconds=1)
+    return at
 
 
 def _arguments_by_name(spec: JobSpec, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -95,6 +95,14 @@ def test_a_start_time_between_seconds_is_never_brought_forward(client):
         {"retry": {"max": 2, "backoff": {"base": -1}}},
         {"depends_on": ["a b"]},
         {"description": "x" * 501},
+        {"delay": 366 * 86400 + 1},
+        # Times a datetime can hold but scheduling could not reach (an overflow,
+        # after the rate limits were counted), or that lie past the 366 days.
+        {"at": "9999-12-31T23:59:59-10:00"},
+        {"at": "9999-12-31T23:59:59.5Z"},
+        {"at": "0001-01-01T00:00:00+14:00"},
+        {"at": "2100-01-01T00:00:00Z"},
+        {"at": "9999-12-31T23:59:59Z", "webhook": {"url": "https://example.com/hook", "secret": "s" * 32}},
     ],
 )
 def test_bad_options_are_422_and_write_nothing(client, connection, extra):

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Sequence
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from redis import Redis
 from rq.job import JobStatus, Retry
+from rq.queue import Queue
 from rq.rate_limit import RateLimit
 from rq.utils import now
 
@@ -250,9 +251,8 @@ def enqueue(
     RateLimited or QueueFull, writing nothing, when the request is refused.
     """
     dependencies = prepared.options["depends_on"] or []
-    missing = [dep for dep in dependencies if not ServiceJob.exists(dep, connection)]
-    if missing:
-        raise InvalidRequest("depends_on", f"no job {', '.join(map(repr, missing))}")
+    if dependencies:
+        _check_dependencies(dependencies, connection)
     queue = queues.queue(prepared.queue, connection)
     job = queue.create_job(
         prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
@@ -268,7 +268,7 @@ def enqueue(
         except QueueFull:
             raise _full(prepared) from None
         return job
-    if prepared.at is None and connection.llen(queue.key) >= prepared.queue_limit:
+    if _waiting(queue, prepared, bool(dependencies), connection) >= prepared.queue_limit:
         raise _full(prepared)
     admission.count(counters)
     if prepared.webhook:
@@ -295,6 +295,40 @@ def enqueue(
 
 def _full(prepared: PreparedJob) -> QueueFull:
     return QueueFull(f"queue {prepared.queue!r} holds {prepared.queue_limit} jobs already")
+
+
+#: Statuses a job leaves only when someone retries it: a job that depends on
+#: one would wait, deferred, for as long as nobody does.
+_UNFINISHABLE = {"failed", "stopped", "canceled"}
+
+
+def _check_dependencies(ids: list[str], connection: Redis) -> None:
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(ServiceJob.key_for(job_id), "status")
+        statuses = pipe.execute()
+    missing = [job_id for job_id, status in zip(ids, statuses) if status is None]
+    if missing:
+        raise InvalidRequest("depends_on", f"no job {', '.join(map(repr, missing))}")
+    for job_id, status in zip(ids, statuses):
+        if status.decode() in _UNFINISHABLE:
+            raise InvalidRequest(
+                "depends_on", f"job {job_id!r} is {status.decode()}, so this one would never run; retry that one first"
+            )
+
+
+def _waiting(queue: Queue, prepared: PreparedJob, dependent: bool, connection: Redis) -> int:
+    """How many of the queue's jobs wait where this one would: its schedule (a
+    job with a start time), its deferred jobs (one with dependencies, which may
+    also go straight to the queue) or the queue itself. MAX_QUEUE_DEPTH caps
+    each, so no way of enqueueing grows Redis without bound."""
+    if prepared.at is not None:
+        return connection.zcard(queue.scheduled_job_registry.key)
+    if not dependent:
+        return connection.llen(queue.key)
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.llen(queue.key).zcard(queue.deferred_job_registry.key)
+        return max(pipe.execute())
 
 
 IDEMPOTENCY_PREFIX = "jobservice:idempotency:"

@@ -134,6 +134,19 @@ def test_an_unknown_dependency_is_422(client, connection):
     assert stored_keys(connection) == []
 
 
+def test_depending_on_a_job_that_failed_or_was_canceled_is_422(client, connection, work):
+    failed = post(client, {"job": "demo.fail", "retry": {"max": 0}}).json["id"]
+    work()
+    canceled = post(client, {"job": "demo.add", "args": [1, 2]}).json["id"]
+    assert client.delete(f"/jobs/{canceled}").json["status"] == "canceled"
+    before = stored_keys(connection)
+    for ended, status in ((failed, "failed"), (canceled, "canceled")):
+        response = post(client, {"job": "demo.add", "args": [1, 2], "depends_on": [ended]})
+        assert response.status_code == 422
+        assert f"{ended!r} is {status}" in response.json["detail"]
+    assert stored_keys(connection) == before
+
+
 def test_a_job_declares_its_own_defaults(client, connection, tmp_path, monkeypatch):
     from jobs import defaults
     from service.registry import JobRegistry, JobSpec

@@ -246,6 +246,27 @@ def test_a_full_queue_answers_503_with_retry_after(settings, connection):
     assert counts and set(counts) == {2}, "a refused request is not counted against the rate limits"
 
 
+@pytest.mark.parametrize(
+    "later, registry",
+    [({"delay": 60}, "rq:scheduled:default"), ({"at": "2020-01-01T00:00:00Z"}, "rq:scheduled:default"),
+     ({"depends_on": ["first"]}, "rq:deferred:default")],
+)
+def test_jobs_that_wait_for_a_time_or_another_job_are_capped_too(settings, connection, later, registry):
+    app = create_app(replace(settings, max_queue_depth=2), connection=connection)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = bearer()["Authorization"]
+    first = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "queue": "low"}).json["id"]
+    body = {"job": "demo.add", "args": [1, 2], **later}
+    body["depends_on"] = [first] if "depends_on" in later else []
+    assert [client.post("/jobs", json=body).status_code for _ in range(2)] == [202, 202]
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert connection.zcard(registry) == 2
+    records = [key for key in connection.scan_iter("rq:job:*") if connection.type(key) == b"hash"]
+    assert len(records) == 3, "the refused job must not be stored"
+
+
 def test_a_job_rate_limit_per_visitor(client, connection, monkeypatch):
     from jobs import defaults
     from service.registry import JobRegistry, JobSpec

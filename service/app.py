@@ -1,15 +1,11 @@
 """The application factory."""
 from __future__ import annotations
 
-import json
-
 from apiflask import APIFlask
-from flask import request
 from redis import Redis
-from werkzeug.exceptions import BadRequest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, cli, csrf, dashboard, problems, rate_limits, security_headers
+from . import auth, cli, csrf, dashboard, json_body, problems, rate_limits, security_headers
 from .api import artifacts, health, jobs, ops, queues, schedules, ui
 from .connection import connect
 from .queues import job_registry
@@ -61,28 +57,7 @@ def create_app(
     auth.install(app, tokens, lambda: dashboard.scope() or auth.view_scope(app))
     csrf.install(app, state_changing_gets=dashboard.STATE_CHANGING)
     security_headers.install(app, page_blueprints=_PAGES)
-
-    @app.before_request
-    def require_json_body():
-        if request.blueprint not in _JSON_API or request.method not in ("POST", "PUT", "PATCH"):
-            return
-        if not request.content_length:
-            if request.endpoint in _BODY_REQUIRED:
-                raise problems.problem(400, "Send the request as a JSON body.")
-            return
-        if not request.is_json:
-            raise problems.problem(415, "Send the body as JSON (Content-Type: application/json).")
-        try:
-            body = request.get_json()
-        except BadRequest:
-            raise problems.problem(400, "The request body is not valid JSON.") from None
-        except RecursionError:
-            raise problems.problem(422, "The request body nests too deeply.") from None
-        # JSON may spell half of a UTF-16 surrogate pair (`"\ud800"`), which is
-        # not text: Redis could not store it, nor any answer carry it. Only a body
-        # with a `\u` escape can hold one, so most are not walked.
-        if b"\\u" in request.get_data() and _has_lone_surrogate(body):
-            raise problems.problem(400, "The request body has an unpaired surrogate (\\ud800-\\udfff): not text.")
+    json_body.install(app, blueprints=_JSON_API, body_required=_BODY_REQUIRED)
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
@@ -95,14 +70,6 @@ def create_app(
     rate_limits.check_declared(settings, registry)
     app.cli.add_command(cli.jobs)
     return app
-
-
-def _has_lone_surrogate(body) -> bool:
-    try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _finish_spec(spec: dict) -> dict:

@@ -125,6 +125,65 @@ def test_half_a_surrogate_pair_is_400_and_stores_nothing(client, connection):
     assert response.json["kwargs"] == {"message": "\U0001f600"}
 
 
+def test_half_a_surrogate_pair_in_raw_utf8_is_400_too(client, connection):
+    # The three bytes UTF-8 would give U+DCE9, were it a character: Python's
+    # parser lets them through as the same half pair as the `\udce9` escape.
+    body = '{"job": "demo.fail", "kwargs": {"message": "caf'.encode() + b"\xed\xb3\xa9" + b'"}}'
+    response = client.post("/jobs", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "surrogate" in response.json["detail"]
+    assert stored_keys(connection) == []
+    response = client.post("/jobs", data='{"job": "demo.fail", "kwargs": {"message": "café"}}'.encode(),
+                           content_type="application/json")
+    assert response.status_code == 202
+    assert response.json["kwargs"] == {"message": "café"}
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+def test_numbers_json_does_not_have_are_400_not_null(client, connection, number):
+    body = '{"job": "demo.add", "args": [%s, 2]}' % number
+    response = client.post("/jobs", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.content_type == "application/problem+json"
+    assert number.lstrip("-") in response.json["detail"]
+    assert stored_keys(connection) == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
+def test_a_body_not_in_utf8_is_400(client, connection, encoding):
+    # Were it read, the checks on its bytes (an escaped half surrogate pair) would miss.
+    body = '{"job": "demo.fail", "kwargs": {"message": "caf\\udce9"}}'.encode(encoding)
+    response = client.post("/jobs", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "UTF-8" in response.json["detail"]
+    assert stored_keys(connection) == []
+
+
+def test_a_chunked_body_is_read_and_bounded_like_any_other(redis_url, connection, tmp_path):
+    """HTTP clients stream a body in chunks when they do not know its length;
+    gunicorn hands it over whole, and MAX_BODY_BYTES bounds it all the same."""
+    from tests import chaos, processes
+
+    def chunks(data: bytes, size: int = 4096):
+        yield from (data[i:i + size] for i in range(0, len(data), size))
+
+    with chaos.web(redis_url, tmp_path / "web.log", MAX_BODY_BYTES="100000") as base:
+        session = processes.session()
+        headers = {"Content-Type": "application/json"}
+        body = json.dumps({"job": "demo.add", "args": [2, 3]}).encode()
+        response = session.post(f"{base}/jobs", data=chunks(body), headers=headers, timeout=10)
+        assert response.request.headers["Transfer-Encoding"] == "chunked"
+        assert response.status_code == 202, response.text
+        assert response.json()["kwargs"] == {"x": 2, "y": 3}
+        jobs_before = stored_keys(connection)
+        big = json.dumps({"job": "demo.fail", "kwargs": {"message": "x" * 200_000}}).encode()
+        response = session.post(f"{base}/jobs", data=chunks(big), headers=headers, timeout=10)
+        assert response.status_code == 413
+        response = session.post(f"{base}/jobs", data=chunks(b""), headers=headers, timeout=10)
+        assert response.status_code == 400
+        assert stored_keys(connection) == jobs_before
+
+
 def test_a_result_holding_half_a_surrogate_pair_is_still_answered(client, connection, work):
     """Job code may return text decoded with `surrogateescape` (file names, a
     program's output); the job's answer escapes it rather than failing."""

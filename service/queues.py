@@ -13,6 +13,7 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import JOB_ID_PATTERN, Job
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from .registry import JobRegistry
@@ -31,6 +32,22 @@ class ForbiddenJob(RuntimeError):
 def job_registry() -> JobRegistry:
     """The allow-list of this process, built once from the `jobs` package."""
     return JobRegistry.from_package("jobs")
+
+
+class RecoveredStartedRegistry(StartedJobRegistry):
+    """The started registry, as the service's workers keep it: each running job
+    in it never expires.
+
+    RQ scores an entry with its heartbeat's expiry, and RQ's cleanup of the
+    registry, which rq-dashboard, `rq info` and every count of it run, fails a
+    job whose score has passed. A killed worker's job would then fail (or use up
+    a retry) whenever no worker had run for longer than that, where
+    `service.recovery` requeues it with its retries untouched. Recovery reads the
+    execution's own heartbeat, so the score can stay out of RQ's reach.
+    """
+
+    def add_execution(self, execution, pipeline, ttl: int = 0, xx: bool = False) -> int:
+        return super().add_execution(execution, pipeline, ttl=-1, xx=xx)  # -1: a score of +inf
 
 
 class ServiceJob(Job):
@@ -56,6 +73,12 @@ class ServiceJob(Job):
             self.serializer = JSONSerializer
         else:
             super().__init__(id, connection=connection, serializer=serializer)
+
+    @property
+    def started_job_registry(self):
+        return RecoveredStartedRegistry(
+            self.origin, connection=self.connection, job_class=type(self), serializer=self.serializer
+        )
 
     @property
     def func(self):

@@ -197,6 +197,28 @@ def test_a_sweep_requeues_the_job_of_a_dead_worker_then_fails_it_if_it_keeps_kil
     assert not connection.zrange("rq:wip:default", 0, -1)
 
 
+def test_rq_cleaning_its_registries_long_after_a_worker_died_leaves_its_job_to_recovery(
+    client, settings, connection
+):
+    """rq-dashboard, `rq info` and GET /queues run RQ's cleanup of the started
+    registry, which fails any job whose heartbeat expiry has passed. With no
+    worker up meanwhile, a killed worker's job must still be requeued, with its
+    retries untouched, not failed."""
+    from rq.registry import StartedJobRegistry, clean_registries
+
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "retry": {"max": 0}}).json["id"]
+    _claimed_by_a_worker_that_then_dies(settings, connection, job_id)
+    an_hour_later = time.time() + 3600  # far past the heartbeat TTL
+    registry = StartedJobRegistry("default", connection=connection, job_class=ServiceJob)
+    registry.cleanup(timestamp=an_hour_later)
+    clean_registries(ServiceQueue("default", connection=connection))
+    assert client.get("/queues").json["queues"][1]["started"] == 1
+    assert client.get(f"/jobs/{job_id}").json["status"] == "started"
+    sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)
+    assert sweeper.sweep(force=True).requeued == [job_id]
+    assert client.get(f"/jobs/{job_id}").json["status"] == "queued"
+
+
 def test_a_sweep_gives_back_what_a_dead_worker_had_taken(client, settings, connection):
     job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "queue": "high"}).json["id"]
     worker = build_worker(settings)

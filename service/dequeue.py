@@ -21,7 +21,9 @@ a second round trip.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from redis import Redis
 from redis.client import Pipeline
@@ -65,14 +67,17 @@ end
 return false
 """
 
-# KEYS: dequeued list; ARGV: job id, then commands, each as its length and its
-# words. Runs the commands only if the job is still in the list, taking it out:
-# the job leaves the list in the same atomic step that registers it as started.
+# KEYS: dequeued list; ARGV: job id, a key the commands create (the execution),
+# then commands, each as its length and its words. Runs the commands only if
+# the job is still in the list, taking it out: the job leaves the list in the
+# same atomic step that registers it as started. A claim sent again because its
+# first reply was lost (the client resends after a broken connection) finds the
+# job gone but its own execution there: it was this claim that took it.
 _CLAIM = scripted.RUN + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
-    return 0
+    return redis.call('EXISTS', ARGV[2])
 end
-run(redis.call, 2)
+run(redis.call, 3)
 return 1
 """
 
@@ -107,6 +112,11 @@ DOORBELL_LIMIT = 64
 
 #: Where RQ keeps a job's record.
 JOB_KEY_PREFIX = Job.redis_job_namespace_prefix
+#: Seconds at most between two looks into a worker's list it believes empty.
+#: A take whose reply was lost, and which the client sent again, leaves there a
+#: job the worker does not know it took; looking every time would cost a
+#: command per job.
+RELOOK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -127,8 +137,10 @@ def dequeued_key(worker_name: str) -> str:
 class Dequeuer:
     """The dequeued list of one worker, and the scripts that move jobs in and out of it."""
 
-    def __init__(self, connection: Redis, worker_name: str):
+    def __init__(self, connection: Redis, worker_name: str, clock: Callable[[], float] = time.monotonic):
         self.connection = connection
+        self._clock = clock
+        self._looked_at = clock()
         self.worker_name = worker_name
         self.key = dequeued_key(worker_name)
         self._take = connection.register_script(_TAKE)
@@ -153,8 +165,13 @@ class Dequeuer:
         `block`, wait up to that many seconds for a job on the first queue
         (or, with several queues, for the doorbell). Call `register` first.
         """
-        found = self._take(keys=[self.key, *queue_keys], args=self._take_args(scripted.words(self.deferred)))
-        self.deferred.reset()
+        try:
+            found = self._take(keys=[self.key, *queue_keys], args=self._take_args(scripted.words(self.deferred)))
+        except RedisError:
+            self._may_hold = True  # it may have moved a job in before the connection broke
+            raise
+        finally:
+            self.deferred.reset()
         taken = self._taken(found)
         if taken is not None or not block:
             return taken
@@ -169,7 +186,11 @@ class Dequeuer:
                 self._may_hold = True
             keys = [self.key, *queue_keys]
             pipe.execute_command("EVALSHA", self._take.sha, len(keys), *keys, *self._take_args([]))
-            waited, found = pipe.execute(raise_on_error=False)
+            try:
+                waited, found = pipe.execute(raise_on_error=False)
+            except RedisError:
+                self._may_hold = True
+                raise
         if isinstance(waited, Exception):
             raise waited
         if isinstance(found, NoScriptError):  # Redis lost its scripts meanwhile: the call above reloads
@@ -179,7 +200,10 @@ class Dequeuer:
         return self._taken(found)
 
     def _take_args(self, deferred: list) -> list:
-        return [JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if self._may_hold else "0", *deferred]
+        look = self._may_hold or self._clock() - self._looked_at >= RELOOK_INTERVAL
+        if look:
+            self._looked_at = self._clock()
+        return [JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if look else "0", *deferred]
 
     def _taken(self, found) -> Taken | None:
         self._may_hold = bool(found)
@@ -192,14 +216,15 @@ class Dequeuer:
         """Run `register(pipeline)` and take `job_id` out of the list, atomically, in one round trip.
 
         `register` queues the writes that record the job as started (RQ's
-        execution). False, writing nothing, when the job is no longer in this
-        list: recovery gave it back because this worker looked dead.
+        execution) and returns a key they create, new to this claim. False,
+        writing nothing, when the job is no longer in this list: recovery gave
+        it back because this worker looked dead.
         """
         with self.connection.pipeline() as pipe:
-            register(pipe)  # only queued: sent below as the script's arguments
+            created = register(pipe)  # only queued: sent below as the script's arguments
             words = scripted.words(pipe)
             pipe.reset()
-        claimed = self._claim(keys=[self.key], args=[job_id, *words]) == 1
+        claimed = self._claim(keys=[self.key], args=[job_id, created, *words]) == 1
         self._may_hold = False  # claimed, or gone from the list: either way it is empty
         return claimed
 

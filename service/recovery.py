@@ -90,11 +90,18 @@ def requeue(
     """
     connection = job.connection
     watched = [job.key] + ([execution.key] if execution is not None else [])
+    registry_key = StartedJobRegistry(job.origin, connection=connection).key
     with connection.pipeline() as pipe:
         while True:
             try:
                 pipe.watch(*watched)
                 if still_stranded is not None and not still_stranded(pipe):
+                    pipe.unwatch()
+                    return "skipped"
+                # Its execution leaves the started registry with the requeue: when
+                # a requeue's reply is lost, redis-py reports a WatchError and this
+                # loop comes round again, to find the job requeued already.
+                if execution is not None and pipe.zscore(registry_key, execution.composite_key) is None:
                     pipe.unwatch()
                     return "skipped"
                 raw_status, raw_meta = pipe.hmget(job.key, "status", "meta")
@@ -285,17 +292,16 @@ class Recovery:
                 worker_name=worker_name,
                 execution=execution,
                 max_abandons=self.settings.job_max_abandons,
-                still_stranded=self._still_stale(registry.key, entry, execution),
+                still_stranded=self._still_stale(execution),
             )
             if outcome == "requeued":
                 report.requeued.append(job_id)
             elif outcome == "failed":
                 report.failed.append(job_id)
 
-    def _still_stale(self, registry_key: str, entry: str, execution: Execution):
+    def _still_stale(self, execution: Execution):
+        # Whether it is still in the started registry, `requeue` checks itself.
         def check(pipe) -> bool:
-            if pipe.zscore(registry_key, entry) is None:
-                return False
             beat = pipe.hget(execution.key, "last_heartbeat")
             return beat is None or time.time() - float(beat) > self.settings.orphan_timeout
 

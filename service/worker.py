@@ -411,6 +411,7 @@ class ReliableWorker(ServiceWorker):
             if job.ttl is not None:  # else the record has no expiry to remove
                 pipe.persist(job.key)
             events.status_changed(pipe, job, "started")
+            return made[0].key
 
         if not self.dequeuer.claim(job.id, register):
             logs.event(log, "job.skipped", **logs.job_fields(job), reason="recovered by another worker meanwhile")

@@ -284,3 +284,83 @@ def test_a_hung_redis_gets_503s_within_2_seconds_too(own_redis, tmp_path):
         wait_for(lambda: session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10)
                  .status_code == 202, timeout=10, what="the API to accept jobs again")
     print(f"\nslowest answer while hung: {slowest:.3f}s")
+
+
+# --- a reply lost after Redis ran the command ---------------------------------
+# The client's retry sends the command again (`service.connection`); each step
+# of taking, claiming and requeueing a job must come out the same as if the
+# reply had arrived.
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def cut_worker(settings, redis_url, connection):
+    """A worker whose connection goes through a ReplyCutter, with a clock the test moves."""
+    from service.dequeue import Dequeuer
+    from service.worker import build_worker
+    from tests.faults import ReplyCutter
+
+    with ReplyCutter(redis_url) as cutter:
+        worker = build_worker(replace(settings, redis_url=cutter.url))
+        clock = _Clock()
+        worker.dequeuer = Dequeuer(worker.connection, worker.name, clock=clock)
+        worker.register_birth()
+        worker.dequeuer.register()
+        yield worker, cutter, clock
+
+
+def _queue_keys(settings):
+    return [f"rq:queue:{name}" for name in settings.queues]
+
+
+def test_a_take_whose_reply_was_lost_leaves_no_job_behind(client, settings, connection, cut_worker):
+    from service.dequeue import RELOOK_INTERVAL
+
+    worker, cutter, clock = cut_worker
+    assert worker.dequeuer.take(_queue_keys(settings)) is None  # its list is known to be empty now
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    cutter.cut_reply_to(worker.dequeuer._take.sha.encode())
+    # Redis moved the job into the worker's list; the take sent again finds the queues empty.
+    assert worker.dequeuer.take(_queue_keys(settings)) is None
+    assert cutter.cuts == 1
+    assert connection.lrange(worker.dequeuer.key, 0, -1) == [job_id.encode()]
+    clock.now += RELOOK_INTERVAL
+    taken = worker.dequeuer.take(_queue_keys(settings))
+    assert taken is not None and taken.job_id == job_id
+    job, _ = worker._load(taken)
+    assert worker._claim(job) is not None
+    assert connection.llen(worker.dequeuer.key) == 0
+
+
+def test_a_claim_whose_reply_was_lost_still_runs_the_job(client, settings, connection, cut_worker):
+    worker, cutter, _clock = cut_worker
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    connection.script_load(worker.dequeuer._claim.script)  # so the reply lost is the claim's, not a NOSCRIPT
+    cutter.cut_reply_to(worker.dequeuer._claim.sha.encode())
+    execution = worker._claim(job)
+    assert cutter.cuts == 1
+    assert execution is not None, "the claim that ran must not be taken for another worker's"
+    assert client.get(f"/jobs/{job_id}").json["status"] == "started"
+    assert connection.llen(worker.dequeuer.key) == 0
+
+
+def test_a_requeue_whose_reply_was_lost_puts_the_job_back_once(client, settings, connection, cut_worker):
+    from service import recovery
+
+    worker, cutter, _clock = cut_worker
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    execution = worker._claim(job)
+    cutter.cut_reply_to(b"EXEC")
+    recovery.requeue(job, reason="stopped", kind=recovery.SHUTDOWN, worker_name=worker.name, execution=execution)
+    assert cutter.cuts == 1
+    assert connection.lrange("rq:queue:default", 0, -1) == [job_id.encode()]
+    assert client.get(f"/jobs/{job_id}").json["interrupted"]["count"] == 1

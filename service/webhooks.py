@@ -26,6 +26,7 @@ hands over to `job_ended` here.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -76,6 +77,10 @@ def resolve(webhook: WebhookRequest, settings: Settings) -> dict[str, str]:
     secret = webhook.secret or settings.webhook_secret
     if not secret:
         raise ValueError("give a `secret` to sign the deliveries with (the service has no WEBHOOK_SECRET)")
+    try:
+        _signing_key(secret)
+    except binascii.Error:
+        raise ValueError("a `whsec_` secret is base64 after its prefix (Standard Webhooks); this one is not") from None
     if len(str(webhook.url)) > 2048:
         raise ValueError("the URL is longer than 2048 characters")
     refusal = _outbound.Policy.from_env().literal_refusal(webhook.url.host or "")
@@ -140,9 +145,15 @@ def _enqueue_delivery(job, status: str) -> str:
 
 def signature(secret: str, message_id: str, timestamp: int, body: str) -> str:
     """The `webhook-signature` header value for one delivery."""
-    key_bytes = base64.b64decode(secret[len("whsec_"):]) if secret.startswith("whsec_") else secret.encode()
-    digest = hmac.new(key_bytes, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    digest = hmac.new(_signing_key(secret), f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def _signing_key(secret: str) -> bytes:
+    """Standard Webhooks' `whsec_<base64>` form, or any other text as it is."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret[len("whsec_"):], validate=True)
+    return secret.encode()
 
 
 def deliver(job_id: str, body: str) -> dict[str, Any]:

@@ -143,6 +143,8 @@ def test_the_service_secret_signs_when_the_request_gives_none(client, work, http
         ({"url": "https://example.com/hook", "secret": "short"}, "secret"),
         ({"url": "https://example.com/hook"}, "secret"),  # and no WEBHOOK_SECRET
         ({"url": "https://example.com/hook", "secret": SECRET, "method": "GET"}, "method"),
+        # Every delivery would fail to sign: `whsec_` promises base64.
+        ({"url": "https://example.com/hook", "secret": "whsec_abcdefghijk"}, "base64"),
     ],
 )
 def test_bad_webhooks_are_refused_with_422(client, connection, webhook, problem):

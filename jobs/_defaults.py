@@ -16,6 +16,7 @@ def defaults(
     result_ttl: int | None = None,
     rate_limit: str | None = None,
     concurrency: Callable[[dict[str, Any]], tuple[str, int] | None] | None = None,
+    scope: str | None = None,
 ) -> Callable[[F], F]:
     """Declare what a job gets when a request does not say otherwise.
 
@@ -29,9 +30,14 @@ def defaults(
     by name (defaults filled in) when the job is enqueued, and returns
     `(key, limit)`, or None for no limit. Jobs over the limit wait as
     `rate_limited` until a slot frees (RQ's concurrency limit).
+
+    `scope` is the API token scope a client needs to enqueue the job over HTTP
+    (`enqueue` unless said): `"admin"` for a job that removes or changes what
+    other clients own, such as the nightly clean-up.
     """
     given = dict(
-        queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl, rate_limit=rate_limit, concurrency=concurrency
+        queue=queue, retry=retry, timeout=timeout, result_ttl=result_ttl, rate_limit=rate_limit, concurrency=concurrency,
+        scope=scope,
     )
     declared = {key: value for key, value in given.items() if value is not None}
 

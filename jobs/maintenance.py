@@ -34,7 +34,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@defaults(queue="low", timeout=3600, retry={"max": 2, "backoff": [300]})
+@defaults(queue="low", timeout=3600, retry={"max": 2, "backoff": [300]}, scope="admin")
 def cleanup(
     retention_days: Annotated[float, Field(gt=0, le=3650)] | None = None,
     dry_run: bool = False,

@@ -68,6 +68,7 @@ def create_app(
     ops.init_app(app)  # /ready, /metrics, 503 when Redis fails, request logs
     dashboard.mount(app, settings)
     rate_limits.check_declared(settings, registry)
+    auth.check_declared(registry)
     app.cli.add_command(cli.jobs)
     return app
 

@@ -65,6 +65,13 @@ def parse_tokens(raw: str) -> tuple[Token, ...]:
     return tuple(tokens)
 
 
+def check_declared(registry) -> None:
+    """A job that declares a scope there is not stops the service at start."""
+    for spec in registry:
+        if spec.scope not in SCOPES:
+            raise TokenError(f"{spec.name}: @defaults(scope={spec.scope!r}); scopes are {', '.join(SCOPES)}")
+
+
 def requires(scope: str) -> Callable[[F], F]:
     """Mark a view as needing `scope` (by default GET needs `read`, anything else `admin`)."""
     assert scope in SCOPES

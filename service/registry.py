@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
+
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$", re.IGNORECASE)
 
 
@@ -89,6 +91,11 @@ class JobSpec:
             raise InvalidArguments(_problems_by_argument(error)) from None
         values = model.model_dump(mode="json", by_alias=True)
         return _rebuild_call(self.signature, bound.arguments.keys(), values)
+
+    @property
+    def scope(self) -> str:
+        """The token scope that enqueueing it over HTTP takes (`@defaults(scope=...)`)."""
+        return getattr(self.func, DEFAULTS_ATTRIBUTE, {}).get("scope", "enqueue")
 
     def parameters_schema(self) -> dict[str, Any]:
         """The parameters as JSON Schema, for clients to see what they may send."""

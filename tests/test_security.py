@@ -83,6 +83,31 @@ def test_scopes(anonymous, connection, scope, method, path, allowed):
         assert connection.llen("rq:queue:default") == 0
 
 
+def test_a_job_that_declares_the_admin_scope_needs_it(anonymous, connection):
+    """The nightly clean-up removes every client's ended jobs: enqueue alone may not run it."""
+    body = {"job": "maintenance.cleanup", "kwargs": {"retention_days": 0.001}}
+    response = anonymous.post("/jobs", headers=bearer(SCOPED_TOKENS["enqueue"]), json=body)
+    assert response.status_code == 403
+    assert "'admin' scope" in response.json["detail"]
+    assert stored_keys(connection) == [], "nothing written, not even a rate-limit count"
+    assert anonymous.post("/jobs", headers=bearer(ADMIN_TOKEN), json=body).status_code == 202
+    listed = anonymous.get("/jobs/registry", headers=bearer(ADMIN_TOKEN)).json["jobs"]
+    scopes = {job["name"]: job["scope"] for job in listed}
+    assert scopes["maintenance.cleanup"] == "admin" and scopes["demo.add"] == "enqueue"
+
+
+def test_a_job_that_declares_an_unknown_scope_stops_the_service_at_start(settings, connection):
+    from jobs import defaults
+    from service.registry import JobRegistry, JobSpec
+
+    @defaults(scope="root")
+    def reboot() -> None:
+        pass
+
+    with pytest.raises(TokenError, match="root"):
+        create_app(settings, connection=connection, registry=JobRegistry({"ops.reboot": JobSpec("ops.reboot", reboot)}))
+
+
 def test_the_service_refuses_to_start_without_tokens(settings, connection):
     with pytest.raises(MissingTokens, match="API_TOKENS"):
         create_app(replace(settings, api_tokens=""), connection=connection)

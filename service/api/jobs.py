@@ -68,6 +68,9 @@ def create_job(body: enqueuing.JobRequest):
         raise problem(400, "Idempotency-Key must be 1 to 200 characters.")
     try:
         prepared = enqueuing.prepare(body, registry=service("registry"), settings=service("settings"))
+        if not g.token.allows(prepared.spec.scope):
+            raise problem(403, f"Enqueueing {body.job} takes the {prepared.spec.scope!r} scope, which this token lacks.",
+                          title="Forbidden")
         counters = rate_limits.for_enqueue(service("settings"), g.token.id, prepared.spec)
         if key is None:
             job, created = enqueuing.enqueue(prepared, service("redis"), counters=counters), True
@@ -117,7 +120,8 @@ def list_jobs(query: ListQuery):
 def job_types():
     return {
         "jobs": [
-            {"name": spec.name, "description": inspect.getdoc(spec.func), "parameters": spec.parameters_schema()}
+            {"name": spec.name, "description": inspect.getdoc(spec.func), "scope": spec.scope,
+             "parameters": spec.parameters_schema()}
             for spec in service("registry")
         ]
     }

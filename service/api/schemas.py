@@ -65,6 +65,7 @@ class CancelOut(BaseModel):
 class JobType(BaseModel):
     name: str = Field(examples=["demo.add"])
     description: str | None = None
+    scope: str = Field("enqueue", description="The token scope that enqueueing it takes.")
     parameters: dict[str, Any] = Field(description="JSON Schema of the keyword arguments.")
 
 

@@ -126,6 +126,7 @@ def test_an_unknown_schedule_is_404_and_changes_nothing(client, connection, meth
     [
         ({**DAILY, "cron": "61 * * * *"}, 422, "cron"),
         ({**DAILY, "cron": "every morning"}, 422, "cron"),
+        ({**DAILY, "cron": "0 0 0 1 1 * 1999"}, 422, "cron"),  # matched once, never again
         ({**DAILY, "timezone": "Mars/Olympus"}, 422, "timezone"),
         ({**DAILY, "job": "os.system"}, 404, None),
         ({**DAILY, "job": "demo.nope"}, 404, None),

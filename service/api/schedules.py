@@ -123,7 +123,11 @@ def put_schedule(name: str, body: ScheduleBody):
         raise problem(422, f"Invalid arguments for {body.job}: {error}", errors=error.problems) from None
     except (enqueuing.InvalidRequest, schedules.InvalidSchedule) as error:
         raise problem(422, str(error), errors=[_error(error)]) from None
-    saved = store.save(service("redis"), valid, source=store.API, now=_now())
+    now = _now()
+    if valid.cron.next_after(now) is None:  # it matched once, in a year gone by (`0 0 0 1 1 * 1999`)
+        raise problem(422, f"The cron expression {body.cron!r} never fires again.",
+                      errors=[{"field": "cron", "problem": "no tick after now"}])
+    saved = store.save(service("redis"), valid, source=store.API, now=now)
     status = 201 if saved.outcome == "created" else 200
     return _view(saved.schedule), status, {"Location": url_for(".get_schedule", name=name)}
 

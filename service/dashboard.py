@@ -14,9 +14,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import rq_dashboard
 from flask import Flask, request
 from jinja2 import BaseLoader
+from rq.exceptions import NoSuchJobError
 from rq.serializers import JSONSerializer
 
-from .problems import problem
+from .problems import problem, render
 from .settings import Settings
 
 URL_PREFIX = "/rq"
@@ -63,12 +64,25 @@ def mount(app: Flask, settings: Settings) -> None:
     blueprint.enable_openapi = False
     if not isinstance(blueprint.jinja_loader, _HardeningLoader):
         blueprint.jinja_loader = _HardeningLoader(blueprint.jinja_loader)
+        # Once: the blueprint is rq-dashboard's own object, and Flask takes no
+        # handler on a blueprint some app has registered already.
+        for error in _BAD_LINKS:
+            blueprint.register_error_handler(error, _bad_link)
     app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
 
     @app.before_request
     def read_only_dashboard():
         if settings.dashboard_read_only and request.endpoint in STATE_CHANGING:
             raise problem(403, "The dashboard is read-only (DASHBOARD_READ_ONLY).", title="Forbidden")
+
+
+#: What rq-dashboard's views raise for a link to a job, queue, registry or page
+#: that is not there (an unknown id, `/rq/5/view`, a page number that is not one).
+_BAD_LINKS = (NoSuchJobError, LookupError, ValueError, UnboundLocalError)
+
+
+def _bad_link(error: Exception):
+    return render(problem(404, "The dashboard has no such job, queue, registry or page."))
 
 
 def scope() -> str | None:

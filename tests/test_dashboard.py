@@ -1,4 +1,5 @@
 """rq-dashboard, mounted at /rq, reads the service's JSON jobs."""
+import pytest
 
 
 def test_dashboard_page_is_served(client):
@@ -28,3 +29,19 @@ def test_dashboard_lists_failed_jobs_with_their_error(client, work):
     listing = client.get("/rq/0/data/jobs/default/failed/10/asc/1.json").json
     assert [job["id"] for job in listing["jobs"]] == [job_id]
     assert "RuntimeError: boom" in listing["jobs"][0]["exc_info"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/rq/0/view/job/nope",
+        "/rq/0/data/job/nope.json",
+        "/rq/5/view",
+        "/rq/0/data/jobs/default/queued/abc/asc/1.json",
+        "/rq/0/data/jobs/default/nowhere/8/asc/1.json",
+    ],
+)
+def test_a_dashboard_link_to_nothing_is_404(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.content_type == "application/problem+json"

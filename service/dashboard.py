@@ -16,8 +16,10 @@ from flask import Flask, request
 from jinja2 import BaseLoader
 from rq.exceptions import NoSuchJobError
 from rq.serializers import JSONSerializer
+from rq.worker import Worker
 
 from .problems import problem, render
+from .queues import ServiceJob
 from .settings import Settings
 
 URL_PREFIX = "/rq"
@@ -53,9 +55,25 @@ class _HardeningLoader(BaseLoader):
         return self.inner.list_templates()
 
 
+class _JSONWorker(Worker):
+    """Workers as rq-dashboard lists them, reading jobs as the service writes them.
+
+    rq-dashboard looks workers up with RQ's defaults (pickle), so the JSON job
+    a busy worker runs could not be read, and the Workers tab answered 500 for
+    as long as any worker was at work."""
+
+    @classmethod
+    def all(cls, *args, **kwargs):
+        kwargs.setdefault("job_class", ServiceJob)
+        kwargs.setdefault("serializer", JSONSerializer)
+        return super().all(*args, **kwargs)
+
+
 def mount(app: Flask, settings: Settings) -> None:
-    # The dashboard keeps its serializer in a module-level config object.
+    # The dashboard keeps its serializer in a module-level config object, and
+    # names RQ's Worker class in its module.
     rq_dashboard.web.config.serializer = JSONSerializer
+    rq_dashboard.web.Worker = _JSONWorker
     app.config["RQ_DASHBOARD_REDIS_URL"] = _dashboard_redis_url(settings)
     app.config["RQ_DASHBOARD_DISABLE_DELETE"] = settings.dashboard_read_only
     rq_dashboard.web.setup_rq_connection(app)

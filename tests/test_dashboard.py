@@ -45,3 +45,21 @@ def test_a_dashboard_link_to_nothing_is_404(client, path):
     response = client.get(path)
     assert response.status_code == 404
     assert response.content_type == "application/problem+json"
+
+
+def test_the_workers_tab_shows_a_busy_worker_and_its_job(client, settings, connection):
+    from service.queues import ServiceQueue
+    from worker import build_worker
+
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    worker = build_worker(settings)
+    worker.register_birth()
+    worker.dequeuer.register()
+    taken = worker.dequeuer.take([ServiceQueue(name, connection=connection).key for name in settings.queues])
+    job, _ = worker._load(taken)
+    assert worker._claim(job) is not None  # it is running the job now
+    response = client.get("/rq/0/data/workers.json")
+    assert response.status_code == 200
+    [listed] = response.json["workers"]
+    assert listed["name"] == worker.name
+    assert listed["current_job"]["job_id"] == job_id

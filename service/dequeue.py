@@ -165,13 +165,8 @@ class Dequeuer:
         `block`, wait up to that many seconds for a job on the first queue
         (or, with several queues, for the doorbell). Call `register` first.
         """
-        try:
-            found = self._take(keys=[self.key, *queue_keys], args=self._take_args(scripted.words(self.deferred)))
-        except RedisError:
-            self._may_hold = True  # it may have moved a job in before the connection broke
-            raise
-        finally:
-            self.deferred.reset()
+        found = self._take(keys=[self.key, *queue_keys], args=self._take_args(scripted.words(self.deferred)))
+        self.deferred.reset()
         taken = self._taken(found)
         if taken is not None or not block:
             return taken
@@ -186,11 +181,7 @@ class Dequeuer:
                 self._may_hold = True
             keys = [self.key, *queue_keys]
             pipe.execute_command("EVALSHA", self._take.sha, len(keys), *keys, *self._take_args([]))
-            try:
-                waited, found = pipe.execute(raise_on_error=False)
-            except RedisError:
-                self._may_hold = True
-                raise
+            waited, found = pipe.execute(raise_on_error=False)
         if isinstance(waited, Exception):
             raise waited
         if isinstance(found, NoScriptError):  # Redis lost its scripts meanwhile: the call above reloads
@@ -200,9 +191,13 @@ class Dequeuer:
         return self._taken(found)
 
     def _take_args(self, deferred: list) -> list:
-        look = self._may_hold or self._clock() - self._looked_at >= RELOOK_INTERVAL
+        now = self._clock()
+        look = self._may_hold or now - self._looked_at >= RELOOK_INTERVAL
         if look:
-            self._looked_at = self._clock()
+            self._looked_at = now
+        # Until the answer says otherwise (`_taken`): a take that fails may have
+        # moved a job in before the connection broke.
+        self._may_hold = True
         return [JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if look else "0", *deferred]
 
     def _taken(self, found) -> Taken | None:

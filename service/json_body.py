@@ -67,17 +67,15 @@ def install(app: Flask, *, blueprints: set[str], body_required: set[str]) -> Non
         # A chunked body has no Content-Length; gunicorn hands it over whole,
         # and MAX_CONTENT_LENGTH still bounds it (`wsgi.input_terminated`).
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-        if not request.content_length and not chunked:
-            if request.endpoint in body_required:
-                raise problem(400, "Send the request as a JSON body.")
-            return
-        if not request.is_json:
-            raise problem(415, "Send the body as JSON (Content-Type: application/json).")
-        data = request.get_data(cache=True)
-        limit = request.max_content_length
-        if chunked and limit is not None and len(data) >= limit and request.environ["wsgi.input"].read(1):
-            # werkzeug stops reading a streamed body at the limit, silently: was there more?
-            raise RequestEntityTooLarge()
+        data = b""
+        if request.content_length or chunked:
+            if not request.is_json:
+                raise problem(415, "Send the body as JSON (Content-Type: application/json).")
+            data = request.get_data(cache=True)
+            limit = request.max_content_length
+            if chunked and limit is not None and len(data) >= limit and request.environ["wsgi.input"].read(1):
+                # werkzeug stops reading a streamed body at the limit, silently: was there more?
+                raise RequestEntityTooLarge()
         if not data:
             if request.endpoint in body_required:
                 raise problem(400, "Send the request as a JSON body.")

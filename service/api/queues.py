@@ -64,8 +64,7 @@ def _queue(queue: ServiceQueue, now: datetime) -> dict:
         "name": queue.name,
         "depth": queue.count,
         "oldest_age_seconds": age_seconds(oldest.enqueued_at, now) if oldest else None,
-        # Not `count`, which runs RQ's cleanup: the started registry is recovery's to tidy.
-        "started": queue.started_job_registry.get_job_count(cleanup=False),
+        "started": queue.started_job_registry.count,
         "scheduled": queue.scheduled_job_registry.count,
         "deferred": queue.deferred_job_registry.count,
         "failed": queue.failed_job_registry.count,

@@ -184,9 +184,8 @@ def prepare(
     if queue_name not in settings.queues:
         raise InvalidRequest("queue", f"unknown queue {queue_name!r}; one of {', '.join(settings.queues)}")
     retry = request.retry or (RetryPolicy.model_validate(own["retry"]) if "retry" in own else RetryPolicy())
-    at = request.at
-    if request.delay is not None or at is not None:
-        at = _start_time(request, now or datetime.now(timezone.utc))
+    later = request.delay is not None or request.at is not None
+    at = _start_time(request, now or datetime.now(timezone.utc)) if later else None
     options = {
         "timeout": request.timeout or own.get("timeout") or settings.job_timeout,
         "result_ttl": _first(request.result_ttl, own.get("result_ttl"), settings.result_ttl),
@@ -310,11 +309,9 @@ def _check_dependencies(ids: list[str], connection: Redis) -> None:
     missing = [job_id for job_id, status in zip(ids, statuses) if status is None]
     if missing:
         raise InvalidRequest("depends_on", f"no job {', '.join(map(repr, missing))}")
-    for job_id, status in zip(ids, statuses):
-        if status.decode() in _UNFINISHABLE:
-            raise InvalidRequest(
-                "depends_on", f"job {job_id!r} is {status.decode()}, so this one would never run; retry that one first"
-            )
+    for job_id, status in zip(ids, map(bytes.decode, statuses)):
+        if status in _UNFINISHABLE:
+            raise InvalidRequest("depends_on", f"job {job_id!r} is {status}, so this one would never run; retry that one first")
 
 
 def _waiting(queue: Queue, prepared: PreparedJob, dependent: bool, connection: Redis) -> int:

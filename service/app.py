@@ -23,11 +23,31 @@ class MissingTokens(RuntimeError):
     pass
 
 
+class JobServiceApp(APIFlask):
+    """APIFlask, looking at each view and hook once to see whether it is a coroutine.
+
+    Flask asks `inspect.iscoroutinefunction` of every hook and view on every
+    request; with seven hooks that is about 1 % of an enqueue's CPU. The
+    functions it is asked about are the registered ones, so the table stays small.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._callable_as_sync: dict = {}
+
+    def ensure_sync(self, func):
+        try:
+            return self._callable_as_sync[func]
+        except KeyError:
+            sync = self._callable_as_sync[func] = super().ensure_sync(func)
+            return sync
+
+
 def create_app(
     settings: Settings | None = None,
     connection: Redis | None = None,
     registry: JobRegistry | None = None,
-) -> APIFlask:
+) -> JobServiceApp:
     settings = settings or Settings.from_env()
     tokens = auth.parse_tokens(settings.api_tokens)
     if not tokens:
@@ -36,7 +56,7 @@ def create_app(
             "tokens of 16+ characters (`token` or `token:enqueue+read`, comma-separated). "
             "`make run` makes one for you."
         )
-    app = APIFlask(
+    app = JobServiceApp(
         __name__,
         title="RQ Job Service",
         version="0.1.0",
@@ -54,7 +74,7 @@ def create_app(
     app.spec_processor(_finish_spec)
 
     # Order matters: who you are, then where the request comes from, then what it says.
-    auth.install(app, tokens, lambda: dashboard.scope() or auth.view_scope(app))
+    auth.install(app, tokens, lambda req: dashboard.scope(req) or auth.view_scope(app, req))
     csrf.install(app, state_changing_gets=dashboard.STATE_CHANGING)
     security_headers.install(app, page_blueprints=_PAGES)
     json_body.install(app, blueprints=_JSON_API, body_required=_BODY_REQUIRED)

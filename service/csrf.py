@@ -19,14 +19,15 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 def install(app: Flask, state_changing_gets: frozenset[str]) -> None:
     @app.before_request
     def same_origin_only():
-        if request.method in SAFE_METHODS and request.endpoint not in state_changing_gets:
+        req = request._get_current_object()  # one look through Flask's proxy
+        if req.method in SAFE_METHODS and req.endpoint not in state_changing_gets:
             return
-        fetch_site = request.headers.get("Sec-Fetch-Site")
+        fetch_site = req.headers.get("Sec-Fetch-Site")
         if fetch_site in ("cross-site", "same-site"):
             raise problem(403, "Cross-site requests may not change anything here.", title="Forbidden")
-        origin = request.headers.get("Origin")
+        origin = req.headers.get("Origin")
         if origin and origin != "null":
-            if _origin(origin) != _origin(request.host_url):
+            if _origin(origin) != _origin(req.host_url):
                 raise problem(403, "Requests from another origin may not change anything here.", title="Forbidden")
         elif origin == "null":
             raise problem(403, "Requests from an opaque origin may not change anything here.", title="Forbidden")

@@ -12,7 +12,7 @@ import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import rq_dashboard
-from flask import Flask, request
+from flask import Flask, Request, request
 from jinja2 import BaseLoader
 from rq.exceptions import NoSuchJobError
 from rq.serializers import JSONSerializer
@@ -103,9 +103,9 @@ def _bad_link(error: Exception):
     return render(problem(404, "The dashboard has no such job, queue, registry or page."))
 
 
-def scope() -> str | None:
+def scope(req: Request) -> str | None:
     """Every dashboard page needs the `admin` scope; None outside the dashboard."""
-    return "admin" if request.blueprint == BLUEPRINT else None
+    return "admin" if req.blueprint == BLUEPRINT else None
 
 
 def _dashboard_redis_url(settings: Settings) -> str:

@@ -62,28 +62,29 @@ def install(app: Flask, *, blueprints: set[str], body_required: set[str]) -> Non
 
     @app.before_request
     def require_json_body():
-        if request.blueprint not in blueprints or request.method not in ("POST", "PUT", "PATCH"):
+        req = request._get_current_object()  # one look through Flask's proxy
+        if req.blueprint not in blueprints or req.method not in ("POST", "PUT", "PATCH"):
             return
         # A chunked body has no Content-Length; gunicorn hands it over whole,
         # and MAX_CONTENT_LENGTH still bounds it (`wsgi.input_terminated`).
-        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
         data = b""
-        if request.content_length or chunked:
-            if not request.is_json:
+        if req.content_length or chunked:
+            if not req.is_json:
                 raise problem(415, "Send the body as JSON (Content-Type: application/json).")
-            data = request.get_data(cache=True)
-            limit = request.max_content_length
-            if chunked and limit is not None and len(data) >= limit and request.environ["wsgi.input"].read(1):
+            data = req.get_data(cache=True)
+            limit = req.max_content_length
+            if chunked and limit is not None and len(data) >= limit and req.environ["wsgi.input"].read(1):
                 # werkzeug stops reading a streamed body at the limit, silently: was there more?
                 raise RequestEntityTooLarge()
         if not data:
-            if request.endpoint in body_required:
+            if req.endpoint in body_required:
                 raise problem(400, "Send the request as a JSON body.")
             return
         if b"\x00" in data:  # UTF-16 or UTF-32: JSON text in UTF-8 never holds a NUL byte
             raise problem(400, "Send the JSON body as UTF-8.")
         try:
-            body = request.get_json()
+            body = req.get_json()
         except BadRequest as error:
             reason = _not_a_number(error)
             if reason:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from flask import request
 from limits import parse as parse_limit
 
 from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
@@ -55,13 +54,10 @@ def counter(scope: str, text: str) -> Counter:
     return Counter(f"{KEY_PREFIX}{scope}:{amount}/{seconds}", amount, seconds, text)
 
 
-def client_ip() -> str:
-    return request.remote_addr or "unknown"
-
-
-def for_enqueue(settings: Settings, token_id: str, spec: JobSpec) -> list[Counter]:
-    """The counters an enqueue of `spec` by this token, from this client, draws on."""
-    ip = client_ip()
+def for_enqueue(settings: Settings, token_id: str, spec: JobSpec, remote_addr: str | None) -> list[Counter]:
+    """The counters an enqueue of `spec` by this token, from the client at
+    `remote_addr`, draws on."""
+    ip = remote_addr or "unknown"
     counters = [
         counter(f"token:{token_id}", settings.rate_limit_per_token),
         counter(f"ip:{ip}", settings.rate_limit_per_ip),

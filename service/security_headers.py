@@ -56,16 +56,17 @@ def install(app: Flask, page_blueprints: frozenset[str]) -> None:
     def add_headers(response):
         # One look at the names a view set, then appends: werkzeug's setdefault
         # scans every header for each name, and this runs on every response.
+        req = request._get_current_object()  # one look through Flask's proxy
         headers = response.headers
         present = {name.lower() for name in headers.keys()}
-        wanted = [*_ALWAYS, _HSTS] if request.is_secure else _ALWAYS
+        wanted = [*_ALWAYS, _HSTS] if req.is_secure else _ALWAYS
         for name, value in wanted:
             if name.lower() not in present:
                 headers.add(name, value)
         if "content-security-policy" not in present:
-            if request.endpoint == "openapi.docs":
+            if req.endpoint == "openapi.docs":
                 policy = DOCS_POLICY
-            elif request.blueprint in page_blueprints:
+            elif req.blueprint in page_blueprints:
                 policy = page_policy(csp_nonce())
             else:
                 policy = API_POLICY

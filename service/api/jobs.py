@@ -20,7 +20,7 @@ from ..problems import problem
 from ..auth import requires
 from ..queues import ServiceJob, fetch_job
 from ..registry import InvalidArguments, UnknownJob
-from . import service
+from . import service, services
 from .schemas import CancelOut, JobOut, JobPage, JobTypes
 
 bp = APIBlueprint("jobs", __name__)
@@ -63,19 +63,21 @@ class WaitQuery(BaseModel):
     },
 )
 def create_job(body: enqueuing.JobRequest):
-    key = request.headers.get("Idempotency-Key")
+    req, token, found = request._get_current_object(), g.token, services()  # one look through each proxy
+    key = req.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
         raise problem(400, "Idempotency-Key must be 1 to 200 characters.")
+    settings, connection, registry = found["settings"], found["redis"], found["registry"]
     try:
-        prepared = enqueuing.prepare(body, registry=service("registry"), settings=service("settings"))
-        if not g.token.allows(prepared.spec.scope):
+        prepared = enqueuing.prepare(body, registry=registry, settings=settings)
+        if not token.allows(prepared.spec.scope):
             raise problem(403, f"Enqueueing {body.job} takes the {prepared.spec.scope!r} scope, which this token lacks.",
                           title="Forbidden")
-        counters = rate_limits.for_enqueue(service("settings"), g.token.id, prepared.spec)
+        counters = rate_limits.for_enqueue(settings, token.id, prepared.spec, req.remote_addr)
         if key is None:
-            job, created = enqueuing.enqueue(prepared, service("redis"), counters=counters), True
+            job, created = enqueuing.enqueue(prepared, connection, counters=counters), True
         else:
-            job, created = enqueuing.enqueue_once(body, prepared, service("redis"), key, counters=counters)
+            job, created = enqueuing.enqueue_once(body, prepared, connection, key, counters=counters)
     except UnknownJob:
         raise problem(404, f"There is no job called {body.job!r}; GET /jobs/registry lists them.") from None
     except InvalidArguments as error:
@@ -95,8 +97,8 @@ def create_job(body: enqueuing.JobRequest):
         ) from None
     # Spelled out rather than url_for, which builds a URL adapter on every call;
     # an id is letters, digits, - and _ (a uuid or `JobId`), so nothing to quote.
-    location = {"Location": f"{request.script_root}/jobs/{job.id}"}
-    return _answer(JobOut, describe(job, service("registry")), 202 if created else 200, location)
+    location = {"Location": f"{req.script_root}/jobs/{job.id}"}
+    return _answer(JobOut, describe(job, registry), 202 if created else 200, location)
 
 
 @bp.get("/jobs")

@@ -68,17 +68,18 @@ def _start_clock():
 
 
 def _log_request(response):
+    req, context = request._get_current_object(), g._get_current_object()  # one look through each proxy
     fields = {
-        "method": request.method,
-        "path": request.path,
+        "method": req.method,
+        "path": req.path,
         "status": response.status_code,
-        "duration_ms": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
+        "duration_ms": round((time.monotonic() - context.get("started", time.monotonic())) * 1000, 1),
     }
     name = "http.request"
-    answered = g.get("job")  # the job a jobs view answered with (`api.jobs._answer`)
+    answered = context.get("job")  # the job a jobs view answered with (`api.jobs._answer`)
     if answered is not None:
         fields["job_id"], fields["job"] = answered
-        if request.method == "POST" and response.status_code == 202:
+        if req.method == "POST" and response.status_code == 202:
             name = "job.enqueued"
     logs.event(log, name, **fields)
     return response

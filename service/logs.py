@@ -33,6 +33,10 @@ def setup(process: str, settings: Settings) -> None:
             handler.setFormatter(json_formatter(process))
         root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # No line carries the caller's file and line, thread or process id, and
+    # each costs every record a look (a walk up the stack, a getpid system call).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     # RQ's own lines repeat the events below without ids; keep its warnings.
     for name in ("rq.worker", "rq.job", "rq.queue", "rq.scheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -43,8 +47,11 @@ def json_formatter(process: str) -> logging.Formatter:
     return JsonFormatter(process)
 
 
+#: The one attribute an `event` puts its members under, so that formatting a
+#: line need not pick them out of the record's own attributes.
+_FIELDS = "jobservice_fields"
 #: What every LogRecord carries; anything else on a record came as `extra`.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", _FIELDS}
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,9 +71,13 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "process": self._process,
         }
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES:
-                line[key] = value
+        fields = record.__dict__.get(_FIELDS)
+        if fields is not None:  # an `event`: its members, already gathered
+            line.update(fields)
+        else:  # any other record: what it was given as `extra`
+            for key, value in record.__dict__.items():
+                if key not in _RECORD_ATTRIBUTES:
+                    line[key] = value
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -91,7 +102,7 @@ def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, exc_i
     message = name
     if "job_id" in fields:
         message = f"{name} {fields.get('job') or ''} {fields['job_id']}".replace("  ", " ")
-    logger.log(level, message, extra={"event": name, **fields}, exc_info=exc_info)
+    logger.log(level, message, extra={_FIELDS: {"event": name, **fields}}, exc_info=exc_info)
 
 
 def job_fields(job) -> dict[str, Any]:

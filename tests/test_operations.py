@@ -1,6 +1,7 @@
 """Operating the service: /ready, /metrics, structured logs, recovery sweeps, recycling workers."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -307,6 +308,24 @@ def test_a_log_line_is_one_json_object_with_the_event_fields_and_the_traceback()
     assert fields["exc_info"].startswith("Traceback") and "RuntimeError: boom" in fields["exc_info"]
     assert datetime.fromisoformat(fields["time"]).tzinfo is not None
     assert "args" not in fields and "msg" not in fields
+
+
+def test_an_event_puts_its_fields_at_the_top_of_its_line():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.json_formatter("web"))
+    logger = logging.getLogger("tests.event_line")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        logs.event(logger, "job.enqueued", job_id="a1", job="demo.add", status=202, at=datetime(2026, 3, 1))
+    finally:
+        logger.removeHandler(handler)
+    fields = json.loads(stream.getvalue())
+    assert fields["event"] == "job.enqueued" and fields["message"] == "job.enqueued demo.add a1"
+    assert (fields["job_id"], fields["job"], fields["status"], fields["at"]) == ("a1", "demo.add", 202, "2026-03-01T00:00:00")
+    assert set(fields) == {"level", "logger", "message", "process", "event", "job_id", "job", "status", "at", "time"}
 
 
 def test_the_worker_runs_each_batch_of_worker_max_jobs_in_a_fresh_executor(redis_url, connection, settings, tmp_path):

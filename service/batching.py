@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import weakref
 from typing import Any, Sequence
 
 from hiredis import pack_command
@@ -46,14 +47,14 @@ class ScriptBatcher:
     def __init__(self, connection: Redis, script: str):
         self.connection = connection
         self.script = script
-        #: The connection batches go out on, and the process it was opened in
-        #: (a forked child must not share its parent's socket).
+        #: The connection batches go out on, opened on first use (again in a
+        #: forked child, `_forget_connections`).
         self._conn: AbstractConnection | None = None
-        self._conn_pid = 0
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self._lock = threading.Lock()
         self._waiting: list[_Call] = []
         self._sending = False
+        _live_batchers.add(self)
 
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         call = _Call(keys, args)
@@ -101,9 +102,8 @@ class ScriptBatcher:
 
     def _own_connection(self) -> AbstractConnection:
         """The batcher's connection (from the pool, kept), opened on first use."""
-        if self._conn is None or self._conn_pid != os.getpid():
+        if self._conn is None:
             self._conn = self.connection.connection_pool.get_connection()
-            self._conn_pid = os.getpid()
         return self._conn
 
     def _send(self, batch: list[_Call]) -> list[Any]:
@@ -146,3 +146,18 @@ class ScriptBatcher:
             except ResponseError as error:
                 results.append(error)
         return results
+
+
+#: Every batcher of this process.
+_live_batchers: "weakref.WeakSet[ScriptBatcher]" = weakref.WeakSet()
+
+
+def _forget_connections() -> None:
+    """In a forked child: parent and child must not share a socket (each would
+    read the other's replies), so each batcher opens its own on first use.
+    Done once at the fork rather than with a process id check on every batch."""
+    for batcher in _live_batchers:
+        batcher._conn = None
+
+
+os.register_at_fork(after_in_child=_forget_connections)

@@ -51,7 +51,7 @@ def json_formatter(process: str) -> logging.Formatter:
 #: line need not pick them out of the record's own attributes.
 _FIELDS = "jobservice_fields"
 #: What every LogRecord carries; anything else on a record came as `extra`.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", _FIELDS}
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):

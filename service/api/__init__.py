@@ -8,7 +8,7 @@ from flask import current_app
 
 def service(name: str) -> Any:
     """The app's settings, Redis connection or job registry (`settings`, `redis`, `registry`)."""
-    return current_app.extensions["jobservice"][name]
+    return services()[name]
 
 
 def services() -> dict[str, Any]:

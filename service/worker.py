@@ -666,7 +666,8 @@ class ReliableWorker(ServiceWorker):
         last_kind, last_at = self._last_trouble
         if kind != last_kind or time.monotonic() - last_at >= 10:
             self._last_trouble = (kind, time.monotonic())
-            logs.event(log, "worker.redis_error", level=logging.WARNING, worker=self.name, error=f"{kind}: {error}")
+            logs.event(log, "worker.redis_error", level=logging.WARNING, worker=self.name, pid=os.getpid(),
+                       error=f"{kind}: {error}")
 
     def _set_state_safely(self, state) -> None:
         try:

@@ -200,6 +200,30 @@ def test_redis_down_for_a_while_gets_503s_and_every_process_reconnects(own_redis
     _redis_down_for_a_while(own_redis, settings, tmp_path, outage=10)
 
 
+def test_an_executor_forked_just_before_redis_goes_away_waits_for_it(own_redis, own_settings, tmp_path):
+    """Redis dies between the fork of an executor and its first command (the executor takes 2 s
+    to start here): the executor waits for Redis as the rest of the worker does, instead of
+    crashing and being forked again every second, and runs jobs once Redis is back."""
+    log = tmp_path / "worker.log"
+    env = chaos.worker_env(own_redis.url, EXECUTOR_SLOW_START="2")
+    with processes.running([sys.executable, "-m", "tests.misbehaving_worker"], env, log):
+        def events(name):
+            return [event for event in chaos.log_events(log) if event.get("event") == name]
+
+        wait_for(lambda: events("worker.executor_started"), timeout=30, what="an executor to be forked")
+        own_redis.kill()
+        [executor] = [event["pid"] for event in events("worker.executor_started")]
+        wait_for(lambda: events("worker.executor_died") or any(e.get("pid") == executor for e in events("worker.redis_error")),
+                 timeout=30, what="the executor to meet the outage")
+        own_redis.start()
+        client = own_redis.client()
+        [job_id] = chaos.enqueue_canaries(client, own_settings, 1, token=uuid.uuid4().hex)
+        wait_for(lambda: chaos.statuses(client, [job_id])[job_id] == "finished", timeout=30,
+                 what="a job enqueued after the outage to run")
+        assert events("worker.executor_died") == []
+        assert [event["pid"] for event in events("worker.executor_started")] == [executor]
+
+
 @pytest.mark.full_size
 def test_redis_down_for_60_seconds(own_redis, settings, tmp_path):
     _redis_down_for_a_while(own_redis, settings, tmp_path, outage=60)

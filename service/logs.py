@@ -100,7 +100,7 @@ _ENCODER = json.JSONEncoder(default=_plain)
 def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, exc_info=None, **fields: Any) -> None:
     """Log the event `name` (`job.finished`) with `fields` as JSON members."""
     message = name
-    if "job_id" in fields:
+    if fields.get("job_id"):  # not for job_id=None, an event that concerns no job this time
         message = f"{name} {fields.get('job') or ''} {fields['job_id']}".replace("  ", " ")
     logger.log(level, message, extra={_FIELDS: {"event": name, **fields}}, exc_info=exc_info)
 

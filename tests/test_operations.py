@@ -310,22 +310,33 @@ def test_a_log_line_is_one_json_object_with_the_event_fields_and_the_traceback()
     assert "args" not in fields and "msg" not in fields
 
 
-def test_an_event_puts_its_fields_at_the_top_of_its_line():
+def _event_line(process: str, name: str, **fields) -> dict:
+    """The JSON line `logs.event` writes for `name` and `fields`, as a process's formatter renders it."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.json_formatter("web"))
-    logger = logging.getLogger("tests.event_line")
+    handler.setFormatter(logs.json_formatter(process))
+    logger = logging.getLogger(f"tests.event_line.{process}")
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(logging.INFO)
     try:
-        logs.event(logger, "job.enqueued", job_id="a1", job="demo.add", status=202, at=datetime(2026, 3, 1))
+        logs.event(logger, name, **fields)
     finally:
         logger.removeHandler(handler)
-    fields = json.loads(stream.getvalue())
+    return json.loads(stream.getvalue())
+
+
+def test_an_event_puts_its_fields_at_the_top_of_its_line():
+    fields = _event_line("web", "job.enqueued", job_id="a1", job="demo.add", status=202, at=datetime(2026, 3, 1))
     assert fields["event"] == "job.enqueued" and fields["message"] == "job.enqueued demo.add a1"
     assert (fields["job_id"], fields["job"], fields["status"], fields["at"]) == ("a1", "demo.add", 202, "2026-03-01T00:00:00")
     assert set(fields) == {"level", "logger", "message", "process", "event", "job_id", "job", "status", "at", "time"}
+
+
+def test_an_event_about_no_job_has_its_name_alone_for_a_message():
+    fields = _event_line("worker", "worker.executor_died", level=logging.WARNING, pid=7, job_id=None)
+    assert fields["message"] == "worker.executor_died"
+    assert fields["job_id"] is None and fields["level"] == "WARNING"
 
 
 def test_the_worker_runs_each_batch_of_worker_max_jobs_in_a_fresh_executor(redis_url, connection, settings, tmp_path):

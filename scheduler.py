@@ -20,14 +20,19 @@ def main() -> None:
     logs.setup("scheduler", settings)
     connection = connect(settings)
     redis_checks.startup(connection, settings)  # waits for Redis; refuses an evicting one
-    try:
-        declared = schedules.load(settings.schedules_file or None)
+    def sync() -> None:
         report = schedules.sync(
             connection, declared, registry=job_registry(), settings=settings, now=datetime.now(timezone.utc)
         )
+        logging.info("declared schedules: %s", report)
+
+    try:
+        declared = schedules.load(settings.schedules_file or None)
+        # Redis may go between the check above and the writes: wait, then write again
+        # (the writes are upserts by name).
+        redis_checks.keep_running(sync, connection)
     except schedules.InvalidSchedule as error:
         raise SystemExit(f"scheduler: declared schedules not loaded, nothing changed: {error.problem}") from None
-    logging.info("declared schedules: %s", report)
     # The scheduler's loop ends on the first Redis error: run a fresh one once Redis is back.
     redis_checks.keep_running(lambda: schedules.make_scheduler(connection, settings).run(), connection)
 

@@ -707,14 +707,19 @@ def run(settings: Settings) -> None:
     connection = connect(settings)
     redis_checks.startup(connection, settings)
     while True:
-        # A client of its own: RQ sets the socket timeouts of a worker's client.
-        worker = build_worker(settings)
-        logs.event(log, "worker.started", worker=worker.name, queues=list(settings.queues), pid=os.getpid())
+        worker = None
         try:
+            # A client of its own: RQ sets the socket timeouts of a worker's client
+            # (and, building the worker, names the connection: a first command).
+            worker = build_worker(settings)
+            logs.event(log, "worker.started", worker=worker.name, queues=list(settings.queues), pid=os.getpid())
             worker.work(with_scheduler=True)
         except RedisError as error:
-            worker._redis_trouble(error)
-        if worker._stop_requested:
+            if worker is None:
+                logs.event(log, "redis.lost", level=logging.WARNING, error=str(error))
+            else:
+                worker._redis_trouble(error)
+        if worker is not None and worker._stop_requested:
             return
         # The work loop ended without being asked to (Redis went away at a bad
         # moment, an unexpected error): wait for Redis, start a fresh worker.

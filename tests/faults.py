@@ -15,7 +15,8 @@ from service.embedded_redis import free_port
 
 class ReplyCutter:
     """Forwards every connection to the Redis at `redis_url`; `cut_reply_to(marker)`
-    has the next request that contains `marker` run, and its reply never arrive."""
+    has the next request that contains `marker` run, and its reply never arrive
+    (the next `times` such requests: a client's retry can be cut as well)."""
 
     def __init__(self, redis_url: str):
         parts = urlsplit(redis_url)
@@ -23,14 +24,15 @@ class ReplyCutter:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}{parts.path}"
         self._marker: bytes | None = None
+        self._times = 0
         self._lock = threading.Lock()
         self.cuts = 0
         self._listener = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def cut_reply_to(self, marker: bytes) -> None:
+    def cut_reply_to(self, marker: bytes, times: int = 1) -> None:
         with self._lock:
-            self._marker = marker
+            self._marker, self._times = marker, times
 
     def close(self) -> None:
         self._listener.close()
@@ -57,7 +59,9 @@ class ReplyCutter:
             while data := client.recv(65536):
                 with self._lock:
                     if self._marker is not None and self._marker in data:
-                        self._marker = None
+                        self._times -= 1
+                        if not self._times:
+                            self._marker = None
                         cut.set()  # the reply that comes back next is not delivered
                 server.sendall(data)
         except OSError:

@@ -224,6 +224,41 @@ def test_an_executor_forked_just_before_redis_goes_away_waits_for_it(own_redis, 
         assert [event["pid"] for event in events("worker.executor_started")] == [executor]
 
 
+def test_a_scheduler_that_loses_redis_while_it_stores_its_schedules_waits_and_stores_them(own_redis, tmp_path):
+    """The connection breaks on the first write of the declared schedules, and again on the
+    client's retry: the scheduler waits for Redis and writes them, instead of exiting."""
+    from service.schedules.store import state_key
+    from tests.faults import ReplyCutter
+
+    client = own_redis.client()
+    with ReplyCutter(own_redis.url) as cutter:
+        cutter.cut_reply_to(state_key("demo-tick").encode(), times=2)
+        with chaos.scheduler(cutter.url, tmp_path / "scheduler.log") as scheduler:
+            wait_for(lambda: client.exists(state_key("demo-tick")) or scheduler.poll() is not None, timeout=30,
+                     what="the declared schedules to be stored")
+            assert scheduler.poll() is None, (tmp_path / "scheduler.log").read_text()[-2000:]
+            assert cutter.cuts == 2
+            assert any(event.get("event") == "redis.lost" for event in chaos.log_events(tmp_path / "scheduler.log"))
+
+
+def test_a_worker_that_loses_redis_while_it_starts_waits_and_starts(own_redis, own_settings, tmp_path):
+    """The connection breaks on the worker's first command after its Redis check (RQ names its
+    connection), and again on the client's retry: the worker waits for Redis, then runs jobs."""
+    from tests.faults import ReplyCutter
+
+    client = own_redis.client()
+    log = tmp_path / "worker.log"
+    with ReplyCutter(own_redis.url) as cutter:
+        cutter.cut_reply_to(b"SETNAME", times=2)
+        with chaos.worker(cutter.url, log) as worker:
+            [job_id] = chaos.enqueue_canaries(client, own_settings, 1, token=uuid.uuid4().hex)
+            wait_for(lambda: chaos.statuses(client, [job_id])[job_id] == "finished" or worker.poll() is not None,
+                     timeout=30, what="the worker to run a job")
+            assert worker.poll() is None, log.read_text()[-2000:]
+            assert cutter.cuts == 2
+            assert any(event.get("event") == "redis.lost" for event in chaos.log_events(log))
+
+
 @pytest.mark.full_size
 def test_redis_down_for_60_seconds(own_redis, settings, tmp_path):
     _redis_down_for_a_while(own_redis, settings, tmp_path, outage=60)

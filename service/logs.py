@@ -40,6 +40,20 @@ def setup(process: str, settings: Settings) -> None:
     # RQ's own lines repeat the events below without ids; keep its warnings.
     for name in ("rq.worker", "rq.job", "rq.queue", "rq.scheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    worker_log = logging.getLogger("rq.worker")
+    if _drop_job_arguments not in worker_log.filters:
+        worker_log.addFilter(_drop_job_arguments)
+    # httpx writes each request's whole URL at INFO, query string (an API key) and all.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _drop_job_arguments(record: logging.LogRecord) -> bool:
+    """RQ's line for a job that raised carries the job's arguments as extras: an
+    email's recipients, an HTTP call's Authorization header. Logs reach more
+    people than the job's record does, so they go; the traceback stays."""
+    record.__dict__.pop("arguments", None)
+    record.__dict__.pop("kwargs", None)
+    return True
 
 
 def json_formatter(process: str) -> logging.Formatter:

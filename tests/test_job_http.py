@@ -120,6 +120,27 @@ def test_429_waits_as_long_as_retry_after_asks(client, http_server, worker_proce
     assert job["result"]["json"] == {"ok": True}
 
 
+def test_a_failed_call_keeps_its_headers_and_query_string_out_of_the_logs_and_the_error(
+    client, http_server, worker_process, tmp_path
+):
+    http_server.answer("/refused", Answer(403, "no"))
+    url = http_server.url("/refused") + "?api_key=k3y-5678"
+    body = {"job": "http.request", "kwargs": {"url": url, "headers": {"Authorization": "Bearer s3cr3t-1234"}}}
+    job_id = post(client, body)
+    job = wait_for(lambda: _status(client, job_id, "failed"), timeout=20, what="the call to fail")
+    assert job["error"]["message"].endswith(f"GET {http_server.url('/refused')}?… answered 403 Forbidden: no")
+    log_path = tmp_path / "worker.log"
+    wait_for(lambda: "job.failed" in log_path.read_text(), what="the failure's log line")
+    log = log_path.read_text()
+    assert "exception raised while executing" in log  # RQ's line, with its traceback, is kept
+    assert "s3cr3t" not in log and "k3y-5678" not in log
+
+
+def test_an_error_shows_a_url_without_its_query_string_or_password():
+    assert http._shown("https://ann:pw@api.test:8443/v1/things?key=k#top") == "https://api.test:8443/v1/things?…"
+    assert http._shown("http://api.test/v1") == "http://api.test/v1"
+
+
 def _status(client, job_id, status):
     job = client.get(f"/jobs/{job_id}").json
     return job if job["status"] == status else None

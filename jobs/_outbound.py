@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, HttpUrl
 
@@ -152,3 +153,11 @@ def client(**options: Any) -> "httpx.Client":
     from ._outbound_connections import checked_client
 
     return checked_client(Policy.from_env(), **options)
+
+
+def shown(url: str) -> str:
+    """`url` as an error message (kept on the job, written to the logs) shows it: without
+    its query string, where API keys travel, or a user and password."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="…" if parts.query else "",
+                                     fragment=""))

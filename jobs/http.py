@@ -21,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, StringConstraints
 
@@ -81,10 +81,10 @@ def request(
                 with client.stream(method, url, headers=sent_headers, content=content) as response:
                     body, truncated = _read_bounded(response, limit)
         except _outbound.Refused as error:
-            raise PermanentFailure(f"{method} {_shown(url)}: {error}") from error
+            raise PermanentFailure(f"{method} {_outbound.shown(url)}: {error}") from error
         except httpx.TransportError as error:
             # Refused connections, timeouts, resets, broken responses.
-            raise TransientFailure(f"{method} {_shown(url)}: {type(error).__name__}: {error or 'no detail'}") from error
+            raise TransientFailure(f"{method} {_outbound.shown(url)}: {type(error).__name__}: {error or 'no detail'}") from error
         elapsed = round(time.monotonic() - started, 3)
         result = _result(response, body, truncated, elapsed)
         status = response.status_code
@@ -131,15 +131,8 @@ def _result(response: httpx.Response, body: bytes, truncated: bool, elapsed: flo
 
 def _describe(method: str, url: str, response: httpx.Response, body: bytes) -> str:
     snippet = body[:300].decode(errors="replace").strip()
-    return f"{method} {_shown(url)} answered {response.status_code} {response.reason_phrase}" + (f": {snippet}" if snippet else "")
+    return f"{method} {_outbound.shown(url)} answered {response.status_code} {response.reason_phrase}" + (f": {snippet}" if snippet else "")
 
-
-def _shown(url: str) -> str:
-    """`url` as an error message (kept on the job, written to the logs) shows it: without
-    its query string, where API keys travel, or a user and password."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="…" if parts.query else "",
-                                     fragment=""))
 
 
 def _retry_after(response: httpx.Response, now: datetime | None = None) -> float | None:

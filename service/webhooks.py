@@ -173,6 +173,7 @@ def deliver(job_id: str, body: str) -> dict[str, Any]:
         "webhook-signature": signature(stored["secret"], current.id, timestamp, body),
     }
     url = stored["url"]
+    shown = _outbound.shown(url)
     import httpx  # here, not at the top: processes that never call out need not load it
 
     with classified():
@@ -180,11 +181,11 @@ def deliver(job_id: str, body: str) -> dict[str, Any]:
             with _outbound.client(timeout=settings.webhook_timeout) as client:
                 response = client.post(url, content=body.encode(), headers=headers)
         except _outbound.Refused as error:
-            raise PermanentFailure(f"POST {url}: {error}") from error
+            raise PermanentFailure(f"POST {shown}: {error}") from error
         except httpx.TransportError as error:
-            raise TransientFailure(f"POST {url}: {type(error).__name__}: {error or 'no detail'}") from error
+            raise TransientFailure(f"POST {shown}: {type(error).__name__}: {error or 'no detail'}") from error
         if response.status_code == 410:
-            raise PermanentFailure(f"POST {url} answered 410 Gone: the receiver wants no more deliveries")
+            raise PermanentFailure(f"POST {shown} answered 410 Gone: the receiver wants no more deliveries")
         if not 200 <= response.status_code < 300:
-            raise TransientFailure(f"POST {url} answered {response.status_code} {response.reason_phrase}")
+            raise TransientFailure(f"POST {shown} answered {response.status_code} {response.reason_phrase}")
     return {"delivered": True, "url": url, "status": response.status_code}

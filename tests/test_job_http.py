@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from jobs import http
+from jobs import _outbound, http
 from jobs._failures import PermanentFailure, TransientFailure
 from service.embedded_redis import free_port
 from tests.conftest import wait_for
@@ -137,8 +137,8 @@ def test_a_failed_call_keeps_its_headers_and_query_string_out_of_the_logs_and_th
 
 
 def test_an_error_shows_a_url_without_its_query_string_or_password():
-    assert http._shown("https://ann:pw@api.test:8443/v1/things?key=k#top") == "https://api.test:8443/v1/things?…"
-    assert http._shown("http://api.test/v1") == "http://api.test/v1"
+    assert _outbound.shown("https://ann:pw@api.test:8443/v1/things?key=k#top") == "https://api.test:8443/v1/things?…"
+    assert _outbound.shown("http://api.test/v1") == "http://api.test/v1"
 
 
 def _status(client, job_id, status):

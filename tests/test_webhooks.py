@@ -91,7 +91,8 @@ def short_backoff(monkeypatch):
 
 def test_an_undelivered_webhook_is_retried_with_the_same_id_and_body(client, http_server, short_backoff, worker_process):
     http_server.answer("/hook", Answer(500), Answer(503), Answer(200))
-    job_id = post(client, {"job": "demo.add", "args": [1, 2], "webhook": {"url": http_server.url("/hook"), "secret": SECRET}})
+    url = http_server.url("/hook") + "?token=t0k3n"
+    job_id = post(client, {"job": "demo.add", "args": [1, 2], "webhook": {"url": url, "secret": SECRET}})
     wait_for(lambda: len(http_server.requests("/hook")) == 3, timeout=30, what="three delivery attempts")
     attempts = http_server.requests("/hook")
     assert len({seen.headers["webhook-id"] for seen in attempts}) == 1
@@ -105,6 +106,9 @@ def test_an_undelivered_webhook_is_retried_with_the_same_id_and_body(client, htt
     delivery = wait_for(lambda: _ended(client, delivery_id), what="the delivery job to end")
     assert delivery["status"] == "finished"
     assert [attempt["outcome"] for attempt in delivery["history"]] == ["retried", "retried", "finished"]
+    # The receiver's URL in an error, as in the logs, leaves out its query string.
+    assert delivery["history"][0]["error"]["message"].endswith(f"POST {http_server.url('/hook')}?… answered 500 Internal Server Error")
+    assert "t0k3n" not in json.dumps(delivery["history"])
 
 
 def _ended(client, job_id):

@@ -20,16 +20,17 @@ def main() -> None:
     logs.setup("scheduler", settings)
     connection = connect(settings)
     redis_checks.startup(connection, settings)  # waits for Redis; refuses an evicting one
+
     def sync() -> None:
+        declared = schedules.load(settings.schedules_file or None)
         report = schedules.sync(
             connection, declared, registry=job_registry(), settings=settings, now=datetime.now(timezone.utc)
         )
         logging.info("declared schedules: %s", report)
 
     try:
-        declared = schedules.load(settings.schedules_file or None)
-        # Redis may go between the check above and the writes: wait, then write again
-        # (the writes are upserts by name).
+        # Redis may go between the check above and the writes: wait, then write
+        # again (the writes are upserts by name).
         redis_checks.keep_running(sync, connection)
     except schedules.InvalidSchedule as error:
         raise SystemExit(f"scheduler: declared schedules not loaded, nothing changed: {error.problem}") from None

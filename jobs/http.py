@@ -84,7 +84,8 @@ def request(
             raise PermanentFailure(f"{method} {_outbound.shown(url)}: {error}") from error
         except httpx.TransportError as error:
             # Refused connections, timeouts, resets, broken responses.
-            raise TransientFailure(f"{method} {_outbound.shown(url)}: {type(error).__name__}: {error or 'no detail'}") from error
+            detail = f"{type(error).__name__}: {error or 'no detail'}"
+            raise TransientFailure(f"{method} {_outbound.shown(url)}: {detail}") from error
         elapsed = round(time.monotonic() - started, 3)
         result = _result(response, body, truncated, elapsed)
         status = response.status_code
@@ -132,7 +133,6 @@ def _result(response: httpx.Response, body: bytes, truncated: bool, elapsed: flo
 def _describe(method: str, url: str, response: httpx.Response, body: bytes) -> str:
     snippet = body[:300].decode(errors="replace").strip()
     return f"{method} {_outbound.shown(url)} answered {response.status_code} {response.reason_phrase}" + (f": {snippet}" if snippet else "")
-
 
 
 def _retry_after(response: httpx.Response, now: datetime | None = None) -> float | None:

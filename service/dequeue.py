@@ -154,7 +154,7 @@ class Dequeuer:
     def register(self, pipeline: Pipeline | None = None) -> None:
         """Enter this worker in the dequeuers set, where recovery looks for lists of dead workers.
 
-        Once before the first take, and again with each heartbeat of the worker.
+        At the worker's birth, before its first take, and again with each of its heartbeats.
         """
         (pipeline if pipeline is not None else self.connection).sadd(DEQUEUERS_KEY, self.worker_name)
 

@@ -134,7 +134,6 @@ def run(worker, current: CurrentJob, burst: bool) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     queue_keys = [queue.key for queue in worker._ordered_queues]
-    registered = False
     jobs = 0
     delay = 0.25
     try:
@@ -151,11 +150,6 @@ def run(worker, current: CurrentJob, burst: bool) -> int:
             # Counts still in memory are written before waiting for a job, not after.
             waits = not burst and not worker.finished.pending
             try:
-                if not registered:
-                    # Before the first take; Redis may have gone since the fork,
-                    # and the executor waits for it like every other step.
-                    worker.dequeuer.register()
-                    registered = True
                 taken = worker.dequeuer.take(queue_keys, block=worker._block_seconds() if waits else None)
             except RedisError as error:
                 worker._redis_trouble(error)

@@ -625,6 +625,13 @@ class ReliableWorker(ServiceWorker):
         return ""
 
     # -- staying alive --------------------------------------------------------
+    def register_birth(self):
+        super().register_birth()
+        # Once, in the supervisor and before any executor is forked: recovery
+        # finds this worker's list from its first take on. An executor's first
+        # command is then its take, which waits out a Redis outage.
+        self.dequeuer.register()
+
     def heartbeat(self, timeout=None, pipeline=None):
         if pipeline is not None:
             super().heartbeat(timeout, pipeline)

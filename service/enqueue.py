@@ -20,8 +20,6 @@ from rq.queue import Queue
 from rq.rate_limit import RateLimit
 from rq.utils import now
 
-from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
-
 from . import job_index, queues, webhooks
 from .admission import Admission, QueueFull
 from .queues import ServiceJob
@@ -179,7 +177,7 @@ def prepare(
     """
     spec = registry.get(request.job)
     args, kwargs = spec.validate(list(request.args), dict(request.kwargs))
-    own = getattr(spec.func, DEFAULTS_ATTRIBUTE, {})
+    own = spec.declared
     queue_name = request.queue or own.get("queue") or settings.default_queue
     if queue_name not in settings.queues:
         raise InvalidRequest("queue", f"unknown queue {queue_name!r}; one of {', '.join(settings.queues)}")

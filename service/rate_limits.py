@@ -16,8 +16,6 @@ from functools import lru_cache
 
 from limits import parse as parse_limit
 
-from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
-
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
 
@@ -62,7 +60,7 @@ def for_enqueue(settings: Settings, token_id: str, spec: JobSpec, remote_addr: s
         counter(f"token:{token_id}", settings.rate_limit_per_token),
         counter(f"ip:{ip}", settings.rate_limit_per_ip),
     ]
-    own = getattr(spec.func, DEFAULTS_ATTRIBUTE, {}).get("rate_limit")
+    own = spec.declared.get("rate_limit")
     if own:
         counters.append(counter(f"job:{spec.name}:{ip}", own))
     return counters
@@ -73,6 +71,6 @@ def check_declared(settings: Settings, registry: JobRegistry) -> None:
     for text in (settings.rate_limit_per_token, settings.rate_limit_per_ip):
         _parsed(text)
     for spec in registry:
-        declared = getattr(spec.func, DEFAULTS_ATTRIBUTE, {}).get("rate_limit")
+        declared = spec.declared.get("rate_limit")
         if declared:
             _parsed(declared)

@@ -93,9 +93,14 @@ class JobSpec:
         return _rebuild_call(self.signature, bound.arguments.keys(), values)
 
     @property
+    def declared(self) -> dict[str, Any]:
+        """What the job declares with `@defaults(...)` (queue, retry, rate limit, scope, ...)."""
+        return getattr(self.func, DEFAULTS_ATTRIBUTE, {})
+
+    @property
     def scope(self) -> str:
         """The token scope that enqueueing it over HTTP takes (`@defaults(scope=...)`)."""
-        return getattr(self.func, DEFAULTS_ATTRIBUTE, {}).get("scope", "enqueue")
+        return self.declared.get("scope", "enqueue")
 
     def parameters_schema(self) -> dict[str, Any]:
         """The parameters as JSON Schema, for clients to see what they may send."""

@@ -188,4 +188,5 @@ def deliver(job_id: str, body: str) -> dict[str, Any]:
             raise PermanentFailure(f"POST {shown} answered 410 Gone: the receiver wants no more deliveries")
         if not 200 <= response.status_code < 300:
             raise TransientFailure(f"POST {shown} answered {response.status_code} {response.reason_phrase}")
-    return {"delivered": True, "url": url, "status": response.status_code}
+    # The result is shown to the client and on the dashboard: the URL as errors show it.
+    return {"delivered": True, "url": shown, "status": response.status_code}

@@ -91,16 +91,22 @@ def requeue(
     connection = job.connection
     watched = [job.key] + ([execution.key] if execution is not None else [])
     registry_key = StartedJobRegistry(job.origin, connection=connection).key
+    # The record of this interruption once a transaction writing it was sent. When
+    # its reply is lost, redis-py reports a WatchError and the loop comes round
+    # again: finding this record on the job, it knows the move was its own.
+    sent = None
     with connection.pipeline() as pipe:
         while True:
             try:
                 pipe.watch(*watched)
+                if sent is not None and _loads_meta(job, pipe.hget(job.key, "meta")).get("interrupted") == sent:
+                    pipe.unwatch()
+                    break
                 if still_stranded is not None and not still_stranded(pipe):
                     pipe.unwatch()
                     return "skipped"
-                # Its execution leaves the started registry with the requeue: when
-                # a requeue's reply is lost, redis-py reports a WatchError and this
-                # loop comes round again, to find the job requeued already.
+                # Its execution leaves the started registry with the requeue, so a
+                # job another process requeued meanwhile is not requeued again.
                 if execution is not None and pipe.zscore(registry_key, execution.composite_key) is None:
                     pipe.unwatch()
                     return "skipped"
@@ -158,6 +164,7 @@ def requeue(
                         pipeline=pipe,
                         **execution_times,
                     )
+                sent = meta["interrupted"]
                 pipe.execute()
                 break
             except WatchError:

@@ -419,7 +419,8 @@ def test_a_requeue_whose_reply_was_lost_puts_the_job_back_once(client, settings,
     job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
     execution = worker._claim(job)
     cutter.cut_reply_to(b"EXEC")
-    recovery.requeue(job, reason="stopped", kind=recovery.SHUTDOWN, worker_name=worker.name, execution=execution)
+    outcome = recovery.requeue(job, reason="stopped", kind=recovery.SHUTDOWN, worker_name=worker.name, execution=execution)
     assert cutter.cuts == 1
+    assert outcome == "requeued", "the requeue that ran must be reported (logged and counted) as this one's"
     assert connection.lrange("rq:queue:default", 0, -1) == [job_id.encode()]
     assert client.get(f"/jobs/{job_id}").json["interrupted"]["count"] == 1

@@ -25,20 +25,21 @@ from .batching import ScriptBatcher
 from .dequeue import DOORBELL_KEY, DOORBELL_LIMIT
 from .rate_limits import Counter, RateLimited
 
-# KEYS: n rate-limit counters, then (to write a job) queue, queues set, job hash,
-# index, the workers' doorbell (`service.dequeue`).
-# ARGV: n, n amounts, n window lengths; then cap, job id, index score, job ttl
-#       and the job hash's fields and values.
+# KEYS: n rate-limit counters, the index, then (to write a job) queue, queues
+# set, job hash, the workers' doorbell (`service.dequeue`).
+# ARGV: n, n amounts, n window lengths, job id, index score; then (to write)
+#       cap, job ttl and the job hash's fields and values.
 # Returns {'ok', queue length}, {'again'}, {'full'} or {'limited', counter number, ms left}.
 _SCRIPT = ("""
 local n = tonumber(ARGV[1])
-local write = #KEYS > n
+local write = #KEYS > n + 1
 local at = 2 * n + 2
-local index, job_id = KEYS[n + 4], ARGV[at + 1]
+local index, job_id = KEYS[n + 1], ARGV[at]
 -- The index learns of the job first. If it knew it already, this very call ran
 -- before and was sent again after a broken connection took its answer
--- (`service.batching`): writing the job twice would queue it twice.
-if write and redis.call('ZADD', index, ARGV[at + 2], job_id) == 0 then
+-- (`service.batching`): counting the request twice would spend its client's
+-- limit twice, and writing the job twice would queue it twice.
+if redis.call('ZADD', index, ARGV[at + 1], job_id) == 0 then
     return {'again'}
 end
 for i = 1, n do
@@ -50,18 +51,16 @@ for i = 1, n do
         for j = 1, i do
             redis.call('DECR', KEYS[j])
         end
-        if write then
-            redis.call('ZREM', index, job_id)
-        end
+        redis.call('ZREM', index, job_id)
         return {'limited', i, redis.call('PTTL', KEYS[i])}
     end
 end
 if not write then
     return {'ok', 0}
 end
-local queue, job = KEYS[n + 1], KEYS[n + 3]
+local queue, job = KEYS[n + 2], KEYS[n + 4]
 local length = redis.call('RPUSH', queue, job_id)
-local cap = tonumber(ARGV[at])
+local cap = tonumber(ARGV[at + 2])
 if cap > 0 and length > cap then
     -- Full: undo the index, the push and the counts (nothing ran in between).
     redis.call('RPOP', queue)
@@ -79,7 +78,7 @@ end
 if length == 1 then
     -- A queue that was empty: RQ lists it among the queues again (a set, so
     -- once is enough), and its workers may be waiting on the doorbell.
-    redis.call('SADD', KEYS[n + 2], queue)
+    redis.call('SADD', KEYS[n + 3], queue)
     if redis.call('LLEN', KEYS[n + 5]) < DOORBELL_LIMIT then
         redis.call('RPUSH', KEYS[n + 5], 1)
     end
@@ -106,9 +105,12 @@ class Admission:
                 batcher = _batchers[connection] = ScriptBatcher(connection, _SCRIPT)
         self._script = batcher
 
-    def count(self, counters: Sequence[Counter]) -> None:
-        """Count a request against `counters` only; RateLimited when one is full."""
-        self._run(counters, [], [])
+    def count(self, counters: Sequence[Counter], job) -> None:
+        """Count the request for `job` against `counters` only, entering the job in
+        the index (its writer enters it again); RateLimited, counting nothing, when
+        one is full."""
+        if counters:
+            self._run(counters, job, [], [])
 
     def enqueue(self, counters: Sequence[Counter], job, queue_key: str, cap: int) -> int | None:
         """Write `job` (queued, RQ's format) at the back of `queue_key`; its position
@@ -116,18 +118,18 @@ class Admission:
 
         RateLimited or QueueFull, writing nothing, when refused.
         """
-        keys = [queue_key, Queue.redis_queues_keys, job.key, job_index.KEY, DOORBELL_KEY]
+        keys = [queue_key, Queue.redis_queues_keys, job.key, DOORBELL_KEY]
         fields: list[Any] = []
         for name, value in job.to_dict().items():
             fields += (name, value)
-        args = [cap, job.id, job.created_at.timestamp(), job.ttl or 0, *fields]
-        length = self._run(counters, keys, args)
+        length = self._run(counters, job, keys, [cap, job.ttl or 0, *fields])
         return None if length is None else length - 1
 
-    def _run(self, counters, keys, args) -> int | None:
+    def _run(self, counters, job, keys, args) -> int | None:
         answer = self._script(
-            [c.key for c in counters] + keys,
-            [len(counters), *(c.amount for c in counters), *(c.seconds for c in counters), *args],
+            [*(c.key for c in counters), job_index.KEY, *keys],
+            [len(counters), *(c.amount for c in counters), *(c.seconds for c in counters),
+             job.id, job.created_at.timestamp(), *args],
         )
         outcome = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
         if outcome == "ok":

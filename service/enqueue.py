@@ -267,7 +267,7 @@ def enqueue(
         return job
     if _waiting(queue, prepared, bool(dependencies), connection) >= prepared.queue_limit:
         raise _full(prepared)
-    admission.count(counters)
+    admission.count(counters, job)
     if prepared.webhook:
         # Before the job can run, so it cannot end before its webhook is known.
         delay = (prepared.at - datetime.now(timezone.utc)).total_seconds() if prepared.at else 0

@@ -4,7 +4,10 @@ rq-dashboard renders job descriptions, results and exception text into its
 pages with Underscore's unescaped `<%= %>`, and job arguments come from HTTP
 clients: a stored XSS. Its templates are rewritten as they load to escape every
 value (`<%- %>`), its one inline script gets the page's CSP nonce, and the page's
-Content-Security-Policy runs no other inline script.
+Content-Security-Policy runs no other inline script. That script includes
+`scripts/*.js` templates, which Jinja does not escape (not HTML by their name),
+and one of them quotes the queue name from the URL by hand: every value in those
+is written as JSON instead (`|tojson`), which no quote or `</script>` ends.
 """
 from __future__ import annotations
 
@@ -41,6 +44,15 @@ def harden(source: str) -> str:
     return source.replace(_INLINE_SCRIPT, '<script type="text/javascript" nonce="{{ csp_nonce() }}">')
 
 
+#: A Jinja value in a script, in quotes or not, that is not written as JSON yet.
+_SCRIPT_VALUE = re.compile(r"""(['"]?)\{\{\s*((?:(?!tojson)[^{}])+?)\s*\}\}\1""")
+
+
+def harden_script(source: str) -> str:
+    """An rq-dashboard script template with every value written as JSON."""
+    return _SCRIPT_VALUE.sub(r"{{ \2|tojson }}", source)
+
+
 class _HardeningLoader(BaseLoader):
     def __init__(self, inner: BaseLoader):
         self.inner = inner
@@ -49,6 +61,8 @@ class _HardeningLoader(BaseLoader):
         source, filename, uptodate = self.inner.get_source(environment, template)
         if template.endswith(".html"):
             source = harden(source)
+        elif template.endswith(".js"):
+            source = harden_script(source)
         return source, filename, uptodate
 
     def list_templates(self):

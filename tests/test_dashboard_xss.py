@@ -1,6 +1,8 @@
 """A stored XSS through job arguments and exception text must not run in the dashboard."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 import requests
 
@@ -48,6 +50,28 @@ def test_script_in_arguments_and_exceptions_runs_nothing_in_the_dashboard(browse
         # ...and nothing of it ran.
         assert page.evaluate("window.owned") is None
         assert page.locator("img[src=x]").count() == 0
+        assert dialogs == []
+    finally:
+        context.close()
+
+
+#: Closes the string and the handlers around the queue name in rq-dashboard's
+#: jobs script, runs at once, and leaves the rest of the script valid.
+QUEUE_NAME_PAYLOAD = "x');}});window.owned=1;$('#z').on('x',function(){if(1){$(this).val('"
+
+
+def test_a_queue_name_in_a_link_runs_nothing_in_the_dashboard(browser, live):
+    """A link an admin is sent: the queue name comes from the URL, into a script."""
+    context = browser.new_context(http_credentials={"username": "admin", "password": ADMIN_TOKEN})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    try:
+        page.goto(f"{live}/rq/0/view/jobs/{quote(QUEUE_NAME_PAYLOAD, safe='')}/queued/8/asc/1")
+        page.wait_for_selector("#select-queue")
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.owned") is None
         assert dialogs == []
     finally:
         context.close()

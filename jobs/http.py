@@ -153,7 +153,7 @@ def _retry_after(response: httpx.Response, now: datetime | None = None) -> float
     longest = float(os.environ.get("HTTP_MAX_RETRY_AFTER") or 3600)
     if seconds > longest:
         raise PermanentFailure(
-            f"{response.request.method} {response.request.url} asks to retry after {seconds:.0f} s, "
+            f"{response.request.method} {_outbound.shown(str(response.request.url))} asks to retry after {seconds:.0f} s, "
             f"longer than HTTP_MAX_RETRY_AFTER ({longest:.0f} s)"
         )
     return seconds

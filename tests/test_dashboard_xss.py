@@ -1,6 +1,7 @@
 """A stored XSS through job arguments and exception text must not run in the dashboard."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
@@ -13,6 +14,20 @@ PAYLOADS = [
     '<img src=x onerror="window.owned=(window.owned||0)+1">',
     "<script>window.owned=(window.owned||0)+1</script>",
 ]
+
+
+@contextmanager
+def admin_page(browser):
+    """A page signed in to the dashboard as an admin, and the dialogs it opened."""
+    context = browser.new_context(http_credentials={"username": "admin", "password": ADMIN_TOKEN})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    try:
+        yield page, dialogs
+    finally:
+        context.close()
 
 
 @pytest.fixture
@@ -33,12 +48,7 @@ def test_script_in_arguments_and_exceptions_runs_nothing_in_the_dashboard(browse
 
     wait_for(ended, timeout=30, what="the hostile jobs to fail")
 
-    context = browser.new_context(http_credentials={"username": "admin", "password": ADMIN_TOKEN})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    try:
+    with admin_page(browser) as (page, dialogs):
         page.goto(f"{live}/rq/0/view/jobs/default/failed/8/asc/1")
         page.wait_for_selector("pre.exc_info")
         assert "<script>window.owned" in page.locator("pre.exc_info").first.text_content()
@@ -51,8 +61,6 @@ def test_script_in_arguments_and_exceptions_runs_nothing_in_the_dashboard(browse
         assert page.evaluate("window.owned") is None
         assert page.locator("img[src=x]").count() == 0
         assert dialogs == []
-    finally:
-        context.close()
 
 
 #: Closes the string and the handlers around the queue name in rq-dashboard's
@@ -62,16 +70,9 @@ QUEUE_NAME_PAYLOAD = "x');}});window.owned=1;$('#z').on('x',function(){if(1){$(t
 
 def test_a_queue_name_in_a_link_runs_nothing_in_the_dashboard(browser, live):
     """A link an admin is sent: the queue name comes from the URL, into a script."""
-    context = browser.new_context(http_credentials={"username": "admin", "password": ADMIN_TOKEN})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    try:
+    with admin_page(browser) as (page, dialogs):
         page.goto(f"{live}/rq/0/view/jobs/{quote(QUEUE_NAME_PAYLOAD, safe='')}/queued/8/asc/1")
         page.wait_for_selector("#select-queue")
         page.wait_for_load_state("networkidle")
         assert page.evaluate("window.owned") is None
         assert dialogs == []
-    finally:
-        context.close()

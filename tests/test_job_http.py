@@ -148,15 +148,18 @@ def _status(client, job_id, status):
 
 def test_retry_after_takes_seconds_or_a_date_and_has_a_ceiling(monkeypatch):
     def response(value: str) -> httpx.Response:
-        return httpx.Response(503, headers={"Retry-After": value}, request=httpx.Request("GET", "http://api.test/"))
+        return httpx.Response(503, headers={"Retry-After": value},
+                              request=httpx.Request("GET", "http://user:pa55word@api.test/v1?key=s3cret"))
 
     now = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
     assert http._retry_after(response("120"), now) == 120
     assert http._retry_after(response(format_datetime(now + timedelta(seconds=90), usegmt=True)), now) == 90
     assert http._retry_after(response("soon"), now) is None
     monkeypatch.setenv("HTTP_MAX_RETRY_AFTER", "60")
-    with pytest.raises(PermanentFailure, match="asks to retry after 120 s"):
+    with pytest.raises(PermanentFailure, match="asks to retry after 120 s") as refused:
         http._retry_after(response("120"), now)
+    # The error is kept on the job and logged: the URL as every error shows it.
+    assert str(refused.value).startswith("GET http://api.test/v1?… asks")
 
 
 @pytest.mark.parametrize(

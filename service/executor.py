@@ -64,14 +64,19 @@ class CurrentJob:
         self.set("")
 
     def get(self) -> str:
+        return self.read()[1]
+
+    def read(self) -> tuple[int, str]:
+        """(sequence, job id): the sequence tells one run of a job from the next
+        run of the same job (a retry in this executor), which sets it again."""
         for _ in range(1000):
             sequence, length = self._HEADER.unpack_from(self._memory, 0)
             if sequence % 2:
                 continue
             data = self._memory[self._HEADER.size: self._HEADER.size + length]
             if self._sequence() == sequence:
-                return data.decode(errors="replace")
-        return ""
+                return sequence, data.decode(errors="replace")
+        return 0, ""
 
     @property
     def suspended(self) -> bool:

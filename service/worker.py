@@ -246,8 +246,8 @@ class ReliableWorker(ServiceWorker):
 
     def _tick(self) -> None:
         """What the supervisor does every second: heartbeats, sweeps, limits on the running job."""
-        job_id = self._current.get() if self._current else ""
-        running = self._running(job_id) if job_id else None
+        run, job_id = self._current.read() if self._current else (0, "")
+        running = self._running(job_id, run) if job_id else None
         clock = time.monotonic()
         if clock - self._last_beat >= self.settings.worker_heartbeat_interval:
             if running:
@@ -268,11 +268,12 @@ class ReliableWorker(ServiceWorker):
         if self._state != state:
             self._set_state_safely(state)
 
-    def _running(self, job_id: str):
-        """(job, execution) of the executor's job once it is claimed, else None; fetched once a job."""
-        cached = self._running_cache
-        if cached and cached[0].id == job_id:
-            return cached
+    def _running(self, job_id: str, run: int):
+        """(job, execution) of the executor's job once it is claimed, else None;
+        fetched once a run. A job run again (a retry) has a new execution, whose
+        heartbeat the supervisor must keep, and a new start for its timeout."""
+        if self._running_cache and self._running_cache[0] == (run, job_id):
+            return self._running_cache[1]
         execution = self._execution_of(job_id)
         if execution is None:
             return None
@@ -280,8 +281,8 @@ class ReliableWorker(ServiceWorker):
             job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
         except NoSuchJobError:
             return None
-        self._running_cache = (job, execution)
-        return self._running_cache
+        self._running_cache = ((run, job_id), (job, execution))
+        return job, execution
 
     def _execution_of(self, job_id: str) -> Execution | None:
         """This worker's execution of `job_id`, from RQ's index of the worker's executions."""

@@ -398,3 +398,37 @@ def test_a_queued_id_without_a_record_is_skipped_and_the_worker_goes_on(client, 
     assert client.get(f"/jobs/{finished}").json["result"] == 4
     assert not connection.llen("rq:queue:default")
     assert not list(connection.scan_iter("rq:svc:dequeued:*"))
+
+
+def test_a_job_run_again_by_the_same_executor_keeps_its_heartbeat(client, settings, connection):
+    """A retry can run a job again in the executor that ran it: the supervisor
+    must beat for the new run's execution, or a sweep takes the job from a live
+    worker and it runs twice at once."""
+    from service.executor import CurrentJob
+
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    worker = build_worker(settings)
+    worker.register_birth()
+    worker.dequeuer.register()
+    worker._current = current = CurrentJob()
+    queue_keys = [ServiceQueue(name, connection=connection).key for name in settings.queues]
+
+    def run_it():
+        job, _ = worker._load(worker.dequeuer.take(queue_keys))
+        current.set(job.id)
+        execution = worker._claim(job)
+        stale = time.time() - settings.orphan_timeout - 1
+        connection.hset(execution.key, "last_heartbeat", stale)
+        worker._last_beat = float("-inf")  # a beat is due
+        worker._tick()
+        assert float(connection.hget(execution.key, "last_heartbeat")) > stale, "the running execution got no beat"
+        return job, execution
+
+    job, first = run_it()
+    # The run fails and RQ retries it at once: its execution ends, the job is queued again.
+    with connection.pipeline() as pipe:
+        first.delete(job=job, pipeline=pipe)
+        pipe.execute()
+    current.clear()
+    ServiceQueue("default", connection=connection).enqueue_job(job)
+    run_it()

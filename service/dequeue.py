@@ -29,30 +29,27 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 from rq.defaults import RQ_KEY_PREFIX
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from . import scripted
-from .webhooks import KEY_PREFIX as WEBHOOK_KEY_PREFIX
 
 #: Set of the names of workers that hold (or held) a dequeued list.
 DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 
-# KEYS: dequeued list, queue keys by priority; ARGV: job key prefix, webhook
-# key prefix, whether the list may hold a job, then the
-# deferred writes (`scripted`; counts for /metrics, run first, their errors
+# KEYS: dequeued list, queue keys by priority; ARGV: job key prefix, whether
+# the list may hold a job, then the deferred writes (`scripted`; counts for /metrics, run first, their errors
 # ignored: a count must never cost a job). A job already in the worker's own
 # list (left there when registering it failed, say because Redis went away) is
 # taken again before any new one.
-# Returns the queue key (empty for a held job), the job id, its record
-# (HGETALL) and whether a webhook waits for its outcome: what the worker reads
-# next, in the same round trip. The worker is in the dequeuers set already
+# Returns the queue key (empty for a held job), the job id and its record
+# (HGETALL): what the worker reads next, in the same round trip. The worker is in the dequeuers set already
 # (`Dequeuer.register`), and the supervisor watches for `rq suspend`.
 _TAKE = scripted.RUN + """
-run(redis.pcall, 4)
+run(redis.pcall, 3)
 local function found(queue_key, job_id)
-    return {queue_key, job_id, redis.call('HGETALL', ARGV[1] .. job_id), redis.call('EXISTS', ARGV[2] .. job_id)}
+    return {queue_key, job_id, redis.call('HGETALL', ARGV[1] .. job_id)}
 end
-if ARGV[3] == '1' then
+if ARGV[2] == '1' then
     local held = redis.call('LINDEX', KEYS[1], 0)
     if held then
         return found('', held)
@@ -67,19 +64,30 @@ end
 return false
 """
 
-# KEYS: dequeued list; ARGV: job id, a key the commands create (the execution),
-# then commands, each as its length and its words. Runs the commands only if
-# the job is still in the list, taking it out: the job leaves the list in the
-# same atomic step that registers it as started. A claim sent again because its
-# first reply was lost (the client resends after a broken connection) finds the
-# job gone but its own execution there: it was this claim that took it.
+#: Statuses of a job that must not run (again) when its id is met on a queue.
+NOT_RUNNABLE = frozenset({
+    JobStatus.STARTED, JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED,
+})
+
+# KEYS: dequeued list, job hash; ARGV: job id, a key the commands create (the
+# execution), then commands, each as its length and its words. Runs the commands
+# only if the job is still in the list, taking it out: the job leaves the list in
+# the same atomic step that registers it as started. A claim sent again because
+# its first reply was lost (the client resends after a broken connection) finds
+# the job gone but its own execution there: it was this claim that took it.
+# A job canceled, deleted or ended since it was taken leaves the list unrun (2).
 _CLAIM = scripted.RUN + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
     return redis.call('EXISTS', ARGV[2])
 end
+local status = redis.call('HGET', KEYS[2], 'status')
+local ended = ENDED
+if not status or ended[status] then
+    return 2
+end
 run(redis.call, 3)
 return 1
-"""
+""".replace("ENDED", "{" + ", ".join(f"['{status.value}'] = true" for status in sorted(NOT_RUNNABLE)) + "}")
 
 # KEYS: dequeued list, job hash, queue key; ARGV: job id.
 # Puts a job from a dead (or stopping) worker's list back at the front of its
@@ -121,13 +129,12 @@ RELOOK_INTERVAL = 1.0
 
 @dataclass(frozen=True)
 class Taken:
-    """A job moved into a worker's list: where from, its record and whether a webhook waits for it."""
+    """A job moved into a worker's list: where from, and its record."""
 
     queue_key: str
     job_id: str
     #: The job's hash as HGETALL returns it (empty when the record is gone).
     record: dict
-    has_webhook: bool
 
 
 def dequeued_key(worker_name: str) -> str:
@@ -198,30 +205,35 @@ class Dequeuer:
         # Until the answer says otherwise (`_taken`): a take that fails may have
         # moved a job in before the connection broke.
         self._may_hold = True
-        return [JOB_KEY_PREFIX, WEBHOOK_KEY_PREFIX, "1" if look else "0", *deferred]
+        return [JOB_KEY_PREFIX, "1" if look else "0", *deferred]
 
     def _taken(self, found) -> Taken | None:
         self._may_hold = bool(found)
         if not found:
             return None
-        queue_key, job_id, flat, webhook = found
-        return Taken(_text(queue_key), _text(job_id), dict(zip(flat[::2], flat[1::2])), bool(webhook))
+        queue_key, job_id, flat = found
+        return Taken(_text(queue_key), _text(job_id), dict(zip(flat[::2], flat[1::2])))
 
-    def claim(self, job_id: str, register) -> bool:
+    def claim(self, job_id: str, register) -> str | None:
         """Run `register(pipeline)` and take `job_id` out of the list, atomically, in one round trip.
 
         `register` queues the writes that record the job as started (RQ's
-        execution) and returns a key they create, new to this claim. False,
-        writing nothing, when the job is no longer in this list: recovery gave
-        it back because this worker looked dead.
+        execution) and returns a key they create, new to this claim. None when
+        claimed; else why nothing was written: the job is no longer in this list
+        (recovery gave it back because this worker looked dead), or it was
+        canceled, deleted or ended after it was taken (then it leaves the list).
         """
         with self.connection.pipeline() as pipe:
             created = register(pipe)  # only queued: sent below as the script's arguments
             words = scripted.words(pipe)
             pipe.reset()
-        claimed = self._claim(keys=[self.key], args=[job_id, created, *words]) == 1
+        answer = self._claim(keys=[self.key, JOB_KEY_PREFIX + job_id], args=[job_id, created, *words])
         self._may_hold = False  # claimed, or gone from the list: either way it is empty
-        return claimed
+        if answer == 1:
+            return None
+        if answer == 2:
+            return "canceled, deleted or ended after it was taken"
+        return "recovered by another worker meanwhile"
 
     def drop(self, job_id: str, pipeline: Pipeline | None = None) -> None:
         """Forget a job id that must not run (unknown, unreadable, already done)."""

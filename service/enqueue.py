@@ -269,6 +269,7 @@ def enqueue(
         raise _full(prepared)
     admission.count(counters, job)
     if prepared.webhook:
+        job.has_webhook = True  # in its record, which its worker reads as it takes it
         # Before the job can run, so it cannot end before its webhook is known.
         delay = (prepared.at - datetime.now(timezone.utc)).total_seconds() if prepared.at else 0
         webhooks.remember(connection, job.id, prepared.webhook, delay_seconds=max(0, delay))

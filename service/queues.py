@@ -60,8 +60,9 @@ class ServiceJob(Job):
     #: The job's place in its queue, when this process has just put it there
     #: and learnt it for free (a later look costs an O(n) LPOS).
     known_position: int | None = None
-    #: Whether a webhook waits for this job's outcome, when the worker learnt it
-    #: for free while taking the job (None: look it up).
+    #: Whether a webhook waits for this job's outcome (None: look it up). The
+    #: record says so (a `webhook` field RQ leaves alone), so a worker learns it
+    #: from the record it reads anyway.
     has_webhook: bool | None = None
 
     def __init__(self, id=None, connection=None, serializer=None):
@@ -73,6 +74,17 @@ class ServiceJob(Job):
             self.serializer = JSONSerializer
         else:
             super().__init__(id, connection=connection, serializer=serializer)
+
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict:
+        record = super().to_dict(include_meta=include_meta, include_result=include_result)
+        if self.has_webhook:
+            record["webhook"] = "1"
+        return record
+
+    def restore(self, raw_data) -> None:
+        super().restore(raw_data)
+        if raw_data.get(b"webhook") or raw_data.get("webhook"):
+            self.has_webhook = True
 
     @property
     def started_job_registry(self):

@@ -53,7 +53,7 @@ from rq.worker.base import signal_name
 
 from . import events, executor, logs, metrics, recovery, redis_checks, scripted
 from .connection import connect
-from .dequeue import Dequeuer, Taken
+from .dequeue import NOT_RUNNABLE, Dequeuer, Taken
 from .queues import ServiceJob, ServiceQueue
 from .worker_scheduler import PromptRQScheduler
 from .workers import ServiceWorker
@@ -75,11 +75,6 @@ return 1
 
 #: Seconds between two looks of the supervisor at its executor (memory, timeout, heartbeat due).
 _TICK = 1.0
-
-#: Statuses of a job that must not run again when its id is met on a queue.
-_NOT_RUNNABLE = {
-    JobStatus.STARTED, JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED,
-}
 
 
 class ReconnectingRQScheduler(PromptRQScheduler):
@@ -351,7 +346,7 @@ class ReliableWorker(ServiceWorker):
                 raise NoSuchJobError(job_id)
             job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
             job.restore(taken.record)
-            job.has_webhook = taken.has_webhook
+            job.has_webhook = bool(job.has_webhook)  # its record says so, if one waits
         except NoSuchJobError:
             self.dequeuer.drop(job_id)
             logs.event(log, "job.skipped", level=logging.WARNING, job_id=job_id, reason="no such job (expired or deleted)")
@@ -362,7 +357,7 @@ class ReliableWorker(ServiceWorker):
             self._fail_unreadable(job_id, queue_key, error)
             return None
         status = job.get_status(refresh=False)
-        if status in _NOT_RUNNABLE:
+        if status in NOT_RUNNABLE:
             self.dequeuer.drop(job_id)
             logs.event(log, "job.skipped", **logs.job_fields(job), reason=f"its status is already {status.value}")
             return None
@@ -414,8 +409,9 @@ class ReliableWorker(ServiceWorker):
             events.status_changed(pipe, job, "started")
             return made[0].key
 
-        if not self.dequeuer.claim(job.id, register):
-            logs.event(log, "job.skipped", **logs.job_fields(job), reason="recovered by another worker meanwhile")
+        refused = self.dequeuer.claim(job.id, register)
+        if refused:
+            logs.event(log, "job.skipped", **logs.job_fields(job), reason=refused)
             return None
         execution = made[0]
         self.executions[execution.id] = execution

@@ -411,6 +411,16 @@ def test_a_claim_whose_reply_was_lost_still_runs_the_job(client, settings, conne
     assert connection.llen(worker.dequeuer.key) == 0
 
 
+def test_a_job_canceled_between_its_take_and_its_claim_does_not_run(client, settings, connection, cut_worker):
+    worker, _cutter, _clock = cut_worker
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    assert client.delete(f"/jobs/{job_id}").json["status"] == "canceled"
+    assert worker._claim(job) is None, "a canceled job was claimed to run"
+    assert client.get(f"/jobs/{job_id}").json["status"] == "canceled"
+    assert connection.llen(worker.dequeuer.key) == 0
+
+
 def test_a_requeue_whose_reply_was_lost_puts_the_job_back_once(client, settings, connection, cut_worker):
     from service import recovery
 

@@ -332,15 +332,18 @@ IDEMPOTENCY_TTL = 24 * 3600
 
 
 def enqueue_once(
-    request: JobRequest, prepared: PreparedJob, connection: Redis, key: str, counters: Sequence[Counter] = ()
+    request: JobRequest, prepared: PreparedJob, connection: Redis, key: str, *, owner: str,
+    counters: Sequence[Counter] = (),
 ) -> tuple[ServiceJob, bool]:
-    """Enqueue unless `key` was used in the last 24 h; returns (job, created).
+    """Enqueue unless `owner` (a token's id) used `key` in the last 24 h; returns (job, created).
 
     The key is claimed atomically before the job is written, so two concurrent
-    requests with one key enqueue one job. Raises IdempotencyConflict when the
-    key came with another body, or its first request has not finished enqueuing.
+    requests with one key enqueue one job. Each token has keys of its own: another
+    client's request with the same key neither sees this job nor blocks it.
+    Raises IdempotencyConflict when the key came with another body, or its first
+    request has not finished enqueuing.
     """
-    redis_key = IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+    redis_key = IDEMPOTENCY_PREFIX + hashlib.sha256(f"{owner}\n{key}".encode()).hexdigest()
     job_id = str(uuid.uuid4())
     fingerprint = request.fingerprint()
     if connection.set(redis_key, f"{job_id} {fingerprint}", nx=True, ex=IDEMPOTENCY_TTL):

@@ -1,7 +1,7 @@
 """POST /jobs options: queue, retry and backoff, time, TTLs, dependencies, idempotency."""
 from datetime import datetime, timedelta, timezone
 
-from tests.conftest import stored_keys, wait_for
+from tests.conftest import ADMIN_TOKEN, SCOPED_TOKENS, bearer, stored_keys, wait_for
 import pytest
 
 from service.queues import ServiceJob
@@ -183,6 +183,19 @@ def test_an_idempotency_key_with_another_body_is_409(client, connection):
     assert response.status_code == 409
     assert response.content_type == "application/problem+json"
     assert connection.llen("rq:queue:default") == 1
+
+
+def test_an_idempotency_key_belongs_to_the_token_that_sent_it(client, connection):
+    """Another client's key neither shows it the first client's job nor blocks the first client."""
+    body = {"job": "demo.add", "args": [1, 2]}
+    stranger = {**bearer(SCOPED_TOKENS["enqueue"]), "Idempotency-Key": "invoice-42"}
+    owner = {**bearer(ADMIN_TOKEN), "Idempotency-Key": "invoice-42"}
+    theirs = post(client, {"job": "demo.add", "args": [9, 9]}, **stranger)
+    mine = post(client, body, **owner)
+    assert (theirs.status_code, mine.status_code) == (202, 202)
+    assert post(client, body, **owner).json["id"] == mine.json["id"]
+    assert post(client, body, **stranger).status_code == 409  # its own key, with another body
+    assert connection.llen("rq:queue:default") == 2
 
 
 def test_an_overlong_idempotency_key_is_400(client, connection):

@@ -77,7 +77,7 @@ def create_job(body: enqueuing.JobRequest):
         if key is None:
             job, created = enqueuing.enqueue(prepared, connection, counters=counters), True
         else:
-            job, created = enqueuing.enqueue_once(body, prepared, connection, key, counters=counters)
+            job, created = enqueuing.enqueue_once(body, prepared, connection, key, owner=token.id, counters=counters)
     except UnknownJob:
         raise problem(404, f"There is no job called {body.job!r}; GET /jobs/registry lists them.") from None
     except InvalidArguments as error:

@@ -55,7 +55,7 @@ def create_app(
 
     # Order matters: who you are, then where the request comes from, then what it says.
     auth.install(app, tokens, lambda req: dashboard.scope(req) or auth.view_scope(app, req))
-    csrf.install(app, state_changing_gets=dashboard.STATE_CHANGING)
+    csrf.install(app, post_only=dashboard.STATE_CHANGING)
     security_headers.install(app, page_blueprints=_PAGES)
     json_body.install(app, blueprints=_JSON_API, body_required=_BODY_REQUIRED)
 

@@ -4,6 +4,11 @@ A browser adds Basic credentials to any request to this origin, whichever page
 made it, so a request that changes something must come from this origin: the
 browser's `Sec-Fetch-Site` says so, or else its `Origin`. Clients that are not
 browsers send neither and are judged by their token alone.
+
+A GET can carry neither header even from a browser (one without Fetch Metadata,
+or any browser over plain HTTP to a host that is not localhost): an `<img>` on
+another site would pass. So an endpoint that changes something is refused as a
+GET altogether, and answers only a POST.
 """
 from __future__ import annotations
 
@@ -16,11 +21,16 @@ from .problems import problem
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def install(app: Flask, state_changing_gets: frozenset[str]) -> None:
+def install(app: Flask, post_only: frozenset[str]) -> None:
+    """`post_only`: endpoints that change something although their route takes a GET."""
+
     @app.before_request
     def same_origin_only():
         req = request._get_current_object()  # one look through Flask's proxy
-        if req.method in SAFE_METHODS and req.endpoint not in state_changing_gets:
+        if req.method in SAFE_METHODS:
+            if req.endpoint in post_only:
+                raise problem(405, "This changes something: send it as a POST.", title="Method Not Allowed",
+                              headers={"Allow": "POST"})
             return
         fetch_site = req.headers.get("Sec-Fetch-Site")
         if fetch_site in ("cross-site", "same-site"):

@@ -27,7 +27,8 @@ from .settings import Settings
 
 URL_PREFIX = "/rq"
 BLUEPRINT = "rq_dashboard"
-#: Dashboard endpoints that change something; `requeue_all` does it even on GET.
+#: Dashboard endpoints that change something; `requeue_all`'s route takes a GET
+#: too, which is refused (`service.csrf`): the dashboard itself POSTs.
 STATE_CHANGING = frozenset(
     f"{BLUEPRINT}.{name}"
     for name in ("delete_job_view", "requeue_job_view", "requeue_all", "empty_queue", "compact_queue")

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from jobs._artifacts import ArtifactRef
 from jobs._defaults import ATTRIBUTE as DEFAULTS_ATTRIBUTE
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$", re.IGNORECASE)
@@ -102,6 +103,19 @@ class JobSpec:
         """The token scope that enqueueing it over HTTP takes (`@defaults(scope=...)`)."""
         return self.declared.get("scope", "enqueue")
 
+    def reads_artifacts(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Whether these arguments name files other jobs produced (`ArtifactRef`),
+        which the job then reads: an email's attachments. Downloading those takes
+        the `read` scope, so sending them somewhere does too."""
+        if not self._artifact_parameters:
+            return False
+        bound = self.signature.bind(*args, **kwargs).arguments
+        return any(bound.get(name) for name in self._artifact_parameters)
+
+    @cached_property
+    def _artifact_parameters(self) -> frozenset[str]:
+        return frozenset(name for name, hint in _type_hints(self.func).items() if _mentions(hint, ArtifactRef))
+
     def parameters_schema(self) -> dict[str, Any]:
         """The parameters as JSON Schema, for clients to see what they may send."""
         return copy.deepcopy(self._schema)
@@ -120,6 +134,13 @@ def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
         return typing.get_type_hints(func, include_extras=True)
     except Exception:  # an unresolvable forward reference: fall back to Any
         return {}
+
+
+def _mentions(hint: Any, wanted: type) -> bool:
+    """Whether the type `hint` is `wanted` or holds it (`list[...]`, `Optional`, `Annotated`)."""
+    import typing
+
+    return hint is wanted or any(_mentions(inner, wanted) for inner in typing.get_args(hint))
 
 
 def _problems_by_argument(error: ValidationError) -> list[dict[str, str]]:

@@ -96,6 +96,20 @@ def test_a_job_that_declares_the_admin_scope_needs_it(anonymous, connection):
     assert scopes["maintenance.cleanup"] == "admin" and scopes["demo.add"] == "enqueue"
 
 
+def test_attaching_another_jobs_file_to_an_email_takes_the_read_scope(anonymous, connection):
+    """An email may carry another job's report; a token that may not download it
+    may not mail it to itself either."""
+    email = {"to": ["me@example.com"], "subject": "s", "text": "t"}
+    attached = {**email, "attachments": [{"job": "some-report-job", "name": "report.csv"}]}
+    enqueue_only = bearer(SCOPED_TOKENS["enqueue"])
+    response = anonymous.post("/jobs", headers=enqueue_only, json={"job": "email.send", "kwargs": attached})
+    assert response.status_code == 403
+    assert "'read' scope" in response.json["detail"]
+    assert stored_keys(connection) == [], "nothing written, not even a rate-limit count"
+    assert anonymous.post("/jobs", headers=enqueue_only, json={"job": "email.send", "kwargs": email}).status_code == 202
+    assert anonymous.post("/jobs", headers=bearer(ADMIN_TOKEN), json={"job": "email.send", "kwargs": attached}).status_code == 202
+
+
 def test_a_job_that_declares_an_unknown_scope_stops_the_service_at_start(settings, connection):
     from jobs import defaults
     from service.registry import JobRegistry, JobSpec
@@ -135,8 +149,12 @@ def test_dashboard_refuses_cross_site_state_changes(client, work, connection):
     for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
         response = client.post(f"/rq/job/{job_id}/requeue", headers=headers)
         assert response.status_code == 403, headers
-    # The one state-changing GET: a link on another site must not requeue everything.
-    assert client.get("/rq/requeue/default", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.post("/rq/requeue/default", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    # The route that takes a GET as well: a link or an <img> on another site, from a
+    # browser that sends neither Sec-Fetch-Site nor Origin, must not requeue everything.
+    for headers in ({}, {"Referer": "http://evil.example/page"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused = client.get("/rq/requeue/default", headers=headers)
+        assert refused.status_code == 405 and refused.headers["Allow"] == "POST", headers
     assert connection.zcard("rq:failed:default") == 1
     same_origin = client.post(f"/rq/job/{job_id}/requeue", headers={"Origin": "http://localhost"})
     assert same_origin.status_code == 200
@@ -152,7 +170,7 @@ def test_a_read_only_dashboard_changes_nothing(settings, connection, work):
     assert client.get("/rq/").status_code == 200
     for path in (f"/rq/job/{job_id}/requeue", f"/rq/job/{job_id}/delete", "/rq/queue/default/failed/empty"):
         assert client.post(path).status_code == 403, path
-    assert client.get("/rq/requeue/default").status_code == 403
+    assert client.post("/rq/requeue/default").status_code == 403
     assert connection.zcard("rq:failed:default") == 1
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import RateLimit
@@ -329,11 +332,14 @@ def _waiting(queue: Queue, prepared: PreparedJob, dependent: bool, connection: R
 
 IDEMPOTENCY_PREFIX = "jobservice:idempotency:"
 IDEMPOTENCY_TTL = 24 * 3600
+#: Seconds after which a key's first request is over, whatever became of it: far
+#: longer than any request waits on Redis (its socket timeouts are seconds).
+IDEMPOTENCY_TAKEOVER = 60
 
 
 def enqueue_once(
     request: JobRequest, prepared: PreparedJob, connection: Redis, key: str, *, owner: str,
-    counters: Sequence[Counter] = (),
+    counters: Sequence[Counter] = (), clock: Callable[[], float] = time.time,
 ) -> tuple[ServiceJob, bool]:
     """Enqueue unless `owner` (a token's id) used `key` in the last 24 h; returns (job, created).
 
@@ -342,21 +348,46 @@ def enqueue_once(
     client's request with the same key neither sees this job nor blocks it.
     Raises IdempotencyConflict when the key came with another body, or its first
     request has not finished enqueuing.
+
+    A request refused (a rate limit, a full queue) gives its key back. One that
+    lost Redis keeps it, since the job may have been written before the break:
+    the client's retry then finds that job, or, once the first request is surely
+    over and wrote nothing, enqueues it under the id the key holds.
     """
     redis_key = IDEMPOTENCY_PREFIX + hashlib.sha256(f"{owner}\n{key}".encode()).hexdigest()
-    job_id = str(uuid.uuid4())
     fingerprint = request.fingerprint()
-    if connection.set(redis_key, f"{job_id} {fingerprint}", nx=True, ex=IDEMPOTENCY_TTL):
+    job_id = str(uuid.uuid4())
+    claim = f"{job_id} {clock():.3f} {fingerprint}"
+    if not connection.set(redis_key, claim, nx=True, ex=IDEMPOTENCY_TTL):
+        claim = (connection.get(redis_key) or b"").decode()
+        job_id, claimed_at, first_fingerprint = _claim_parts(claim)
+        if first_fingerprint != fingerprint:
+            raise IdempotencyConflict("this Idempotency-Key was used with a different request body")
         try:
-            return enqueue(prepared, connection, job_id=job_id, counters=counters), True
-        except BaseException:
-            connection.delete(redis_key)
-            raise
-    claimed = (connection.get(redis_key) or b"").decode()
-    first_id, _, first_fingerprint = claimed.partition(" ")
-    if first_fingerprint != fingerprint:
-        raise IdempotencyConflict("this Idempotency-Key was used with a different request body")
+            return ServiceJob.fetch(job_id, connection=connection), False
+        except NoSuchJobError:
+            pass
+        if clock() - claimed_at < IDEMPOTENCY_TAKEOVER or connection.zscore(job_index.KEY, job_id) is not None:
+            # Under way; or it wrote its job, which has ended and expired since.
+            raise IdempotencyConflict("the first request with this Idempotency-Key is still being processed, "
+                                      "or its job has ended and expired") from None
+        taken_over = f"{job_id} {clock():.3f} {fingerprint}"
+        if connection.set(redis_key, taken_over, xx=True, keepttl=True, get=True) != claim.encode():
+            raise IdempotencyConflict("the first request with this Idempotency-Key is still being processed")
     try:
-        return ServiceJob.fetch(first_id, connection=connection), False
-    except Exception:
-        raise IdempotencyConflict("the first request with this Idempotency-Key is still being processed") from None
+        return enqueue(prepared, connection, job_id=job_id, counters=counters), True
+    except (RedisConnectionError, RedisTimeoutError):
+        raise  # the job may be written: the key stays, for the retry to find it
+    except BaseException:
+        connection.delete(redis_key)
+        raise
+
+
+def _claim_parts(claim: str) -> tuple[str, float, str]:
+    """A key's claim: the job id, when it was claimed and the request's fingerprint."""
+    job_id, _, rest = claim.partition(" ")
+    claimed_at, _, fingerprint = rest.partition(" ")
+    try:
+        return job_id, float(claimed_at), fingerprint
+    except ValueError:  # a claim written before claims were timed: "<id> <fingerprint>"
+        return job_id, 0.0, rest

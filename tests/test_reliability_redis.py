@@ -434,3 +434,67 @@ def test_a_requeue_whose_reply_was_lost_puts_the_job_back_once(client, settings,
     assert outcome == "requeued", "the requeue that ran must be reported (logged and counted) as this one's"
     assert connection.lrange("rq:queue:default", 0, -1) == [job_id.encode()]
     assert client.get(f"/jobs/{job_id}").json["interrupted"]["count"] == 1
+
+
+@pytest.fixture
+def cut_client(settings, connection):
+    """The API on a connection that goes through a ReplyCutter."""
+    from service import create_app
+    from service.connection import connect
+    from tests.conftest import bearer
+    from tests.faults import ReplyCutter
+
+    with ReplyCutter(settings.redis_url) as cutter:
+        cut = replace(settings, redis_url=cutter.url)
+        client = create_app(cut, connection=connect(cut)).test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = bearer()["Authorization"]
+        yield client, cutter
+
+
+def test_an_enqueue_whose_reply_never_came_is_found_by_its_retry_with_the_same_key(cut_client, connection):
+    import hashlib
+
+    from service.admission import _SCRIPT
+
+    client, cutter = cut_client
+    assert client.post("/jobs", json={"job": "demo.add", "args": [0, 0]}).status_code == 202  # the script is loaded
+    connection.delete("rq:queue:default")
+    body, key = {"job": "demo.add", "args": [1, 2]}, {"Idempotency-Key": "order-42"}
+    cutter.cut_reply_to(hashlib.sha1(_SCRIPT.encode()).hexdigest().encode(), times=2)  # the call and its resend
+    first = client.post("/jobs", json=body, headers=key)
+    assert first.status_code == 503 and cutter.cuts == 2
+    assert "may or may not have been stored" in first.json["detail"]
+    again = client.post("/jobs", json=body, headers=key)
+    assert again.status_code == 200, "the job the first request wrote is the retry's answer"
+    assert connection.lrange("rq:queue:default", 0, -1) == [again.json["id"].encode()]
+
+
+def test_a_key_whose_first_request_lost_redis_before_writing_enqueues_once_that_request_is_over(
+    settings, connection, monkeypatch
+):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from service import enqueue as enqueuing
+    from service.queues import job_registry
+
+    request = enqueuing.JobRequest(job="demo.add", args=[1, 2])
+    prepared = enqueuing.prepare(request, registry=job_registry(), settings=settings)
+
+    def once(now: float):
+        return enqueuing.enqueue_once(request, prepared, connection, "order-7", owner="t", clock=lambda: now)
+
+    real_enqueue = enqueuing.enqueue
+
+    def broken(*args, **kwargs):  # the connection breaks before the job is sent
+        monkeypatch.setattr(enqueuing, "enqueue", real_enqueue)
+        raise RedisConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(enqueuing, "enqueue", broken)
+    with pytest.raises(RedisConnectionError):
+        once(1000.0)
+    with pytest.raises(enqueuing.IdempotencyConflict):  # it could still be under way
+        once(1000.0 + enqueuing.IDEMPOTENCY_TAKEOVER - 1)
+    job, created = once(1000.0 + enqueuing.IDEMPOTENCY_TAKEOVER)
+    assert created and connection.lrange("rq:queue:default", 0, -1) == [job.id.encode()]
+    again, created = once(2000.0)
+    assert not created and again.id == job.id

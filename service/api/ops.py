@@ -97,15 +97,16 @@ def _redis_failed(error: RedisError):
     logs.event(log, "redis.unavailable", level=logging.WARNING, path=request.path,
                error=f"{type(error).__name__}: {reply}")
     if isinstance(error, (OutOfMemoryError,)) or "OOM" in reply.upper():
-        cause = "is out of memory"
+        cause = "is out of memory; nothing was stored"
     elif isinstance(error, (RedisConnectionError, RedisTimeoutError)):
-        cause = "is unreachable"
+        # The connection may have broken after Redis ran the write, before its answer.
+        cause = "is unreachable; what was sent may or may not have been stored (an Idempotency-Key makes a retry safe)"
     else:
-        cause = f"cannot take writes right now ({reply.split(' ', 1)[0]})"
+        cause = f"cannot take writes right now ({reply.split(' ', 1)[0]}); nothing was stored"
     return render(
         problem(
             503,
-            f"The job store (Redis) {cause}; nothing was stored. Try again later.",
+            f"The job store (Redis) {cause}. Try again later.",
             title="Service Unavailable",
             headers={"Retry-After": str(RETRY_AFTER)},
         )

@@ -498,3 +498,18 @@ def test_a_key_whose_first_request_lost_redis_before_writing_enqueues_once_that_
     assert created and connection.lrange("rq:queue:default", 0, -1) == [job.id.encode()]
     again, created = once(2000.0)
     assert not created and again.id == job.id
+
+
+def test_a_job_with_a_webhook_whose_write_lost_its_reply_is_queued_once(cut_client, connection):
+    """Jobs RQ places itself (a webhook, a start time, dependencies) are written in a
+    transaction of RQ's, which redis-py sends again after a broken connection."""
+    client, cutter = cut_client
+    webhook = {"url": "http://127.0.0.1:9/hook", "secret": "a-secret-of-sixteen-or-more"}
+    body = {"job": "demo.add", "args": [1, 2], "webhook": webhook}
+    assert client.post("/jobs", json=body).status_code == 202  # scripts loaded: the next RPUSH is RQ's
+    connection.delete("rq:queue:default")
+    cutter.cut_reply_to(b"RPUSH")  # in RQ's transaction (MULTI ... RPUSH ... EXEC), sent as one request
+    answer = client.post("/jobs", json=body)
+    assert cutter.cuts == 1
+    assert answer.status_code == 202, answer.json
+    assert connection.lrange("rq:queue:default", 0, -1) == [answer.json["id"].encode()], "queued once, run once"

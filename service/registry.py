@@ -103,14 +103,15 @@ class JobSpec:
         """The token scope that enqueueing it over HTTP takes (`@defaults(scope=...)`)."""
         return self.declared.get("scope", "enqueue")
 
-    def reads_artifacts(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
-        """Whether these arguments name files other jobs produced (`ArtifactRef`),
-        which the job then reads: an email's attachments. Downloading those takes
-        the `read` scope, so sending them somewhere does too."""
-        if not self._artifact_parameters:
-            return False
-        bound = self.signature.bind(*args, **kwargs).arguments
-        return any(bound.get(name) for name in self._artifact_parameters)
+    def scopes(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[str, ...]:
+        """The token scopes enqueueing it with these arguments takes: its own
+        (`scope`), and `read` when they name files other jobs produced
+        (`ArtifactRef`, an email's attachments), which downloading takes too."""
+        if self._artifact_parameters:
+            bound = self.signature.bind(*args, **kwargs).arguments
+            if any(bound.get(name) for name in self._artifact_parameters):
+                return self.scope, "read"
+        return (self.scope,)
 
     @cached_property
     def _artifact_parameters(self) -> frozenset[str]:

@@ -70,12 +70,10 @@ def create_job(body: enqueuing.JobRequest):
     settings, connection, registry = found["settings"], found["redis"], found["registry"]
     try:
         prepared = enqueuing.prepare(body, registry=registry, settings=settings)
-        if not token.allows(prepared.spec.scope):
-            raise problem(403, f"Enqueueing {body.job} takes the {prepared.spec.scope!r} scope, which this token lacks.",
-                          title="Forbidden")
-        if not token.allows("read") and prepared.spec.reads_artifacts(prepared.args, prepared.kwargs):
-            raise problem(403, f"{body.job} with other jobs' files (attachments) takes the 'read' scope, "
-                          "as downloading them does, which this token lacks.", title="Forbidden")
+        for scope in prepared.spec.scopes(prepared.args, prepared.kwargs):
+            if not token.allows(scope):
+                raise problem(403, f"Enqueueing {body.job} as asked takes the {scope!r} scope, "
+                              "which this token lacks.", title="Forbidden")
         counters = rate_limits.for_enqueue(settings, token.id, prepared.spec, req.remote_addr)
         if key is None:
             job, created = enqueuing.enqueue(prepared, connection, counters=counters), True

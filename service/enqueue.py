@@ -367,7 +367,7 @@ def enqueue_once(
     redis_key = IDEMPOTENCY_PREFIX + hashlib.sha256(f"{owner}\n{key}".encode()).hexdigest()
     fingerprint = request.fingerprint()
     job_id = str(uuid.uuid4())
-    claim = f"{job_id} {clock():.3f} {fingerprint}"
+    claim = _claim_text(job_id, clock(), fingerprint)
     if not connection.set(redis_key, claim, nx=True, ex=IDEMPOTENCY_TTL):
         claim = (connection.get(redis_key) or b"").decode()
         job_id, claimed_at, first_fingerprint = _claim_parts(claim)
@@ -380,8 +380,8 @@ def enqueue_once(
         if clock() - claimed_at < IDEMPOTENCY_TAKEOVER or connection.zscore(job_index.KEY, job_id) is not None:
             # Under way; or it wrote its job, which has ended and expired since.
             raise IdempotencyConflict("the first request with this Idempotency-Key is still being processed, "
-                                      "or its job has ended and expired") from None
-        taken_over = f"{job_id} {clock():.3f} {fingerprint}"
+                                      "or its job has ended and expired")
+        taken_over = _claim_text(job_id, clock(), fingerprint)
         if connection.set(redis_key, taken_over, xx=True, keepttl=True, get=True) != claim.encode():
             raise IdempotencyConflict("the first request with this Idempotency-Key is still being processed")
     try:
@@ -391,6 +391,10 @@ def enqueue_once(
     except BaseException:
         connection.delete(redis_key)
         raise
+
+
+def _claim_text(job_id: str, claimed_at: float, fingerprint: str) -> str:
+    return f"{job_id} {claimed_at:.3f} {fingerprint}"
 
 
 def _claim_parts(claim: str) -> tuple[str, float, str]:

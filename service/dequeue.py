@@ -37,13 +37,14 @@ from . import scripted
 DEQUEUERS_KEY = f"{RQ_KEY_PREFIX}:svc:dequeuers"
 
 # KEYS: dequeued list, queue keys by priority; ARGV: job key prefix, whether
-# the list may hold a job, then the deferred writes (`scripted`; counts for /metrics, run first, their errors
-# ignored: a count must never cost a job). A job already in the worker's own
-# list (left there when registering it failed, say because Redis went away) is
-# taken again before any new one.
+# the list may hold a job, then the deferred writes (`scripted`; counts for
+# /metrics, run first, their errors ignored: a count must never cost a job).
+# A job already in the worker's own list (left there when registering it
+# failed, say because Redis went away) is taken again before any new one.
 # Returns the queue key (empty for a held job), the job id and its record
-# (HGETALL): what the worker reads next, in the same round trip. The worker is in the dequeuers set already
-# (`Dequeuer.register`), and the supervisor watches for `rq suspend`.
+# (HGETALL): what the worker reads next, in the same round trip. The worker is
+# in the dequeuers set already (`Dequeuer.register`), and the supervisor
+# watches for `rq suspend`.
 _TAKE = scripted.RUN + """
 run(redis.pcall, 3)
 local function found(queue_key, job_id)

@@ -379,6 +379,13 @@ def _queue_keys(settings):
     return [f"rq:queue:{name}" for name in settings.queues]
 
 
+def _posted_and_taken(client, settings, worker):
+    """A job's id and the job, posted, then taken by `worker` (not claimed yet)."""
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    return job_id, job
+
+
 def test_a_take_whose_reply_was_lost_leaves_no_job_behind(client, settings, connection, cut_worker):
     from service.dequeue import RELOOK_INTERVAL
 
@@ -400,8 +407,7 @@ def test_a_take_whose_reply_was_lost_leaves_no_job_behind(client, settings, conn
 
 def test_a_claim_whose_reply_was_lost_still_runs_the_job(client, settings, connection, cut_worker):
     worker, cutter, _clock = cut_worker
-    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
-    job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    job_id, job = _posted_and_taken(client, settings, worker)
     connection.script_load(worker.dequeuer._claim.script)  # so the reply lost is the claim's, not a NOSCRIPT
     cutter.cut_reply_to(worker.dequeuer._claim.sha.encode())
     execution = worker._claim(job)
@@ -413,8 +419,7 @@ def test_a_claim_whose_reply_was_lost_still_runs_the_job(client, settings, conne
 
 def test_a_job_canceled_between_its_take_and_its_claim_does_not_run(client, settings, connection, cut_worker):
     worker, _cutter, _clock = cut_worker
-    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
-    job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    job_id, job = _posted_and_taken(client, settings, worker)
     assert client.delete(f"/jobs/{job_id}").json["status"] == "canceled"
     assert worker._claim(job) is None, "a canceled job was claimed to run"
     assert client.get(f"/jobs/{job_id}").json["status"] == "canceled"
@@ -425,8 +430,7 @@ def test_a_requeue_whose_reply_was_lost_puts_the_job_back_once(client, settings,
     from service import recovery
 
     worker, cutter, _clock = cut_worker
-    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
-    job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    job_id, job = _posted_and_taken(client, settings, worker)
     execution = worker._claim(job)
     cutter.cut_reply_to(b"EXEC")
     outcome = recovery.requeue(job, reason="stopped", kind=recovery.SHUTDOWN, worker_name=worker.name, execution=execution)

@@ -35,7 +35,9 @@ from jobs._failures import PermanentFailure, TransientFailure, classified
 log = logging.getLogger(__name__)
 
 Recipients = Annotated[list[EmailStr], Field(max_length=100)]
-Subject = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\r\n]*$")]
+# A header is one line, and Python's email package ends a line wherever
+# `str.splitlines` does: \v, \f, \x1c-\x1e, NEL, U+2028 and U+2029 as well as \r and \n.
+Subject = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\r\n\v\f\x1c-\x1e\x85\u2028\u2029]*$")]
 
 
 @defaults(

@@ -196,6 +196,8 @@ def test_without_smtp_url_mail_goes_to_the_outbox(job_files):
         {"to": ["not-an-address"], "subject": "s", "text": "t"},
         {"to": [], "subject": "s", "text": "t"},
         {"to": ["ann@example.com"], "subject": "s\r\nBcc: eve@example.com", "text": "t"},
+        # Line ends a header cannot hold either, though they are not \r or \n.
+        *({"to": ["ann@example.com"], "subject": f"s{end}t", "text": "t"} for end in "\v\f\x1c\x85\u2028\u2029"),
         {"to": ["ann@example.com"], "subject": "s", "text": "t", "attachments": [{"job": "x", "name": "../../etc/passwd"}]},
         {"to": ["ann@example.com"], "subject": "s", "text": "t", "attachments": [{"job": "../..", "name": "passwd"}]},
     ],

@@ -44,8 +44,8 @@ def _age(raw: bytes | None, now: datetime) -> float | None:
         return None
 
 
-def worker_beats(connection: Redis, names: list[str] | None = None) -> list[Beat]:
-    """The heartbeat of each registered worker (or of the workers `names`)."""
+def worker_beats(connection: Redis, names: list[str] | None = None, *, now: datetime | None = None) -> list[Beat]:
+    """The heartbeat of each registered worker (or of the workers `names`), aged as of `now`."""
     if names is None:
         prefix = Worker.redis_worker_namespace_prefix
         names = [as_text(key)[len(prefix):] for key in connection.smembers(REDIS_WORKER_KEYS)]
@@ -53,7 +53,7 @@ def worker_beats(connection: Redis, names: list[str] | None = None) -> list[Beat
         for name in names:
             pipe.hmget(worker_key(name), "last_heartbeat", "death", "state")
         rows = pipe.execute()
-    now = datetime.now(timezone.utc)
+    now = now or datetime.now(timezone.utc)
     return [
         Beat(name=name, age=_age(beat, now), dead=death is not None, state=as_text(state) if state else "")
         for name, (beat, death, state) in zip(names, rows)

@@ -17,6 +17,12 @@ A job can be stranded in three places:
 - RQ's own *intermediate queue* (a plain `rq worker` on one queue, crashed
   after BLMOVE): back to the front of its queue.
 
+Heartbeats carry the time on the clock of the host that wrote them, and a
+sweep reads them against its own: a sweeper whose clock is off from Redis's by
+more than half the slack between a heartbeat and ORPHAN_TIMEOUT would take
+live workers' jobs from them (or leave dead ones' stranded), so it does not
+sweep, and says so, until its clock is right again.
+
 A worker that stops on SIGTERM calls `requeue` itself for the job it could not
 finish in time. Every move is one Redis transaction that re-checks, under
 WATCH, that the job is still where it was seen, so two sweepers (or a sweeper
@@ -28,6 +34,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -63,6 +70,8 @@ class SweepReport:
     #: Jobs returned from RQ's intermediate queues.
     intermediate: list[str] = field(default_factory=list)
     skipped: bool = False
+    #: Set when this host's clock was too far from Redis's to sweep: by how many seconds.
+    clock_off: float | None = None
 
     def __bool__(self) -> bool:
         return bool(self.dequeued or self.requeued or self.failed or self.intermediate)
@@ -200,12 +209,15 @@ def _loads_meta(job: Job, raw) -> dict:
 class Recovery:
     """Sweeps for stranded jobs; `sweep()` is cheap enough to call every few seconds."""
 
-    def __init__(self, connection: Redis, settings: Settings, *, job_class: type[Job], queue_class: type[Queue]):
+    def __init__(self, connection: Redis, settings: Settings, *, job_class: type[Job], queue_class: type[Queue],
+                 clock: Callable[[], float] = time.time):
         self.connection = connection
         self.settings = settings
         self.job_class = job_class
         self.queue_class = queue_class
+        self._clock = clock
         self._last_outage = 0.0
+        self._clock_warned = float("-inf")
 
     def note_outage(self) -> None:
         """This process just lost Redis: heartbeats written meanwhile may be missing."""
@@ -220,6 +232,10 @@ class Recovery:
         lock (one sweep every RECOVERY_INTERVAL is enough), unless `force`.
         """
         report = SweepReport()
+        off = self._clock_off()
+        if off is not None:
+            report.skipped, report.clock_off = True, off
+            return report
         if not force and not self._heartbeats_trustworthy():
             report.skipped = True
             return report
@@ -240,6 +256,22 @@ class Recovery:
             )
         return report
 
+    def _clock_off(self) -> float | None:
+        """How far this host's clock is from Redis's, when too far to judge heartbeats by."""
+        # A live worker's beat is at most WORKER_HEARTBEAT_INTERVAL old; its
+        # writer and this sweeper may each be off by up to the bound, in
+        # opposite directions, and the beat must still look younger than ORPHAN_TIMEOUT.
+        bound = (self.settings.orphan_timeout - self.settings.worker_heartbeat_interval) / 2
+        seconds, micros = self.connection.time()
+        off = self._clock() - (seconds + micros / 1_000_000)
+        if abs(off) <= bound:
+            return None
+        if time.monotonic() - self._clock_warned >= 60:  # once a minute, not every sweep
+            self._clock_warned = time.monotonic()
+            logs.event(log, "recovery.clock_off", level=logging.ERROR, seconds=round(off, 1), bound=bound,
+                       reason="this host's clock is too far from Redis's to judge heartbeats: not sweeping")
+        return off
+
     def _heartbeats_trustworthy(self) -> bool:
         horizon = self.settings.orphan_timeout
         if self._last_outage and time.monotonic() - self._last_outage < horizon:
@@ -257,7 +289,8 @@ class Recovery:
         names = dequeue.dequeuers(self.connection)
         if not names:
             return
-        for beat in heartbeats.worker_beats(self.connection, names):
+        now = datetime.fromtimestamp(self._clock(), timezone.utc)
+        for beat in heartbeats.worker_beats(self.connection, names, now=now):
             if beat.fresh(self.settings.orphan_timeout):
                 continue
             held = dequeue.Dequeuer(self.connection, beat.name).held()
@@ -279,7 +312,7 @@ class Recovery:
                 job_id, execution_id = parse_composite_key(entry)
                 pipe.hmget(Execution(execution_id, job_id, self.connection).key, "last_heartbeat", "worker_name")
             rows = pipe.execute()
-        now = time.time()
+        now = self._clock()
         for entry, (beat, worker_name) in zip(entries, rows):
             if beat is None or now - float(beat) > self.settings.orphan_timeout:
                 stale.append((entry, as_text(worker_name) if worker_name else ""))
@@ -310,7 +343,7 @@ class Recovery:
         # Whether it is still in the started registry, `requeue` checks itself.
         def check(pipe) -> bool:
             beat = pipe.hget(execution.key, "last_heartbeat")
-            return beat is None or time.time() - float(beat) > self.settings.orphan_timeout
+            return beat is None or self._clock() - float(beat) > self.settings.orphan_timeout
 
         return check
 
@@ -328,7 +361,8 @@ class Recovery:
             if intermediate.set_first_seen(job_id):
                 continue  # seen for the first time: give its worker the chance to register it
             first_seen = intermediate.get_first_seen(job_id)
-            if first_seen and (datetime.now(timezone.utc) - first_seen).total_seconds() < self.settings.orphan_timeout:
+            now = datetime.fromtimestamp(self._clock(), timezone.utc)
+            if first_seen and (now - first_seen).total_seconds() < self.settings.orphan_timeout:
                 continue
             if give(keys=[intermediate.key, Job.key_for(job_id), queue.key], args=[job_id]) == 1:
                 report.intermediate.append(job_id)

@@ -138,6 +138,13 @@ class Settings:
     #: Level of the service's own log events.
     log_level: str = "INFO"
 
+    def __post_init__(self) -> None:
+        if self.orphan_timeout <= self.worker_heartbeat_interval:
+            raise SystemExit(
+                f"ORPHAN_TIMEOUT ({self.orphan_timeout}) must be longer than WORKER_HEARTBEAT_INTERVAL "
+                f"({self.worker_heartbeat_interval}): every live worker would look dead between two beats"
+            )
+
     @classmethod
     def from_env(cls) -> "Settings":
         return cls(

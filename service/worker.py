@@ -660,7 +660,10 @@ class ReliableWorker(ServiceWorker):
 
     def clean_registries(self):
         # Ours first: RQ's cleanup of the started registry fails abandoned jobs.
-        self.recovery.sweep()
+        if self.recovery.sweep().clock_off is not None:
+            # RQ's cleanup judges the started registry by this host's clock too.
+            self.last_cleaned_at = now()
+            return
         super().clean_registries()
 
     def _redis_trouble(self, error: Exception) -> None:

@@ -21,6 +21,7 @@ from service import logs, metrics, recovery
 from service.embedded_redis import free_port
 from service.queues import ServiceJob, ServiceQueue
 from service.schedules import make_scheduler
+from service.settings import Settings
 from service.worker import build_worker
 from tests import chaos
 from tests.conftest import wait_for
@@ -161,15 +162,20 @@ def test_a_suspended_worker_takes_no_job_until_resumed(client, connection, worke
     assert client.get(f"/jobs/{job_id}?wait=15").json["status"] == "finished"
 
 
-def _claimed_by_a_worker_that_then_dies(settings, connection, job_id: str):
-    """Take and start `job_id` as a worker would, then leave it as a killed worker would."""
+def _claimed_by_a_worker(settings, connection, job_id: str):
+    """Take and start `job_id` as a worker would; the worker and the job's execution."""
     worker = build_worker(settings)
     worker.register_birth()
     worker.dequeuer.register()
     taken = worker.dequeuer.take([ServiceQueue(name, connection=connection).key for name in settings.queues])
     assert taken and taken.job_id == job_id
     job, _ = worker._load(taken)
-    execution = worker._claim(job)
+    return worker, worker._claim(job)
+
+
+def _claimed_by_a_worker_that_then_dies(settings, connection, job_id: str):
+    """Take and start `job_id` as a worker would, then leave it as a killed worker would."""
+    worker, execution = _claimed_by_a_worker(settings, connection, job_id)
     # The heartbeat stops: as if the worker had been SIGKILLed long enough ago.
     connection.hset(execution.key, "last_heartbeat", time.time() - settings.orphan_timeout - 1)
     return worker
@@ -218,6 +224,35 @@ def test_rq_cleaning_its_registries_long_after_a_worker_died_leaves_its_job_to_r
     sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)
     assert sweeper.sweep(force=True).requeued == [job_id]
     assert client.get(f"/jobs/{job_id}").json["status"] == "queued"
+
+
+def test_a_host_whose_clock_is_off_leaves_running_jobs_to_their_workers(client, settings, connection):
+    """Heartbeats carry their writer's time. A sweeper whose clock is an hour
+    ahead would find every live worker's beat an hour old and take its job:
+    instead it sweeps nothing, nor lets RQ's cleanup of the started registry run."""
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    worker, execution = _claimed_by_a_worker(settings, connection, job_id)
+    an_hour_ahead = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue,
+                                      clock=lambda: time.time() + 3600)
+    report = an_hour_ahead.sweep(force=True)
+    assert (report.skipped, not report) == (True, True)
+    assert 3590 < report.clock_off < 3610
+    # By this host's clock the heartbeat's expiry is long past, as RQ's cleanup reads it.
+    connection.zadd("rq:wip:default", {f"{job_id}:{execution.id}": time.time() - 1})
+    worker.recovery = an_hour_ahead
+    worker.clean_registries()
+    assert client.get(f"/jobs/{job_id}").json["status"] == "started"
+    # A few seconds off is within what heartbeats allow: such a host sweeps.
+    near = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue,
+                             clock=lambda: time.time() + settings.worker_heartbeat_interval / 2)
+    assert near.sweep(force=True).clock_off is None
+
+
+def test_an_orphan_timeout_a_heartbeat_cannot_beat_is_refused_at_start(monkeypatch):
+    monkeypatch.setenv("WORKER_HEARTBEAT_INTERVAL", "30")
+    monkeypatch.setenv("ORPHAN_TIMEOUT", "30")
+    with pytest.raises(SystemExit, match=r"ORPHAN_TIMEOUT \(30\) must be longer than WORKER_HEARTBEAT_INTERVAL"):
+        Settings.from_env()
 
 
 def test_a_sweep_gives_back_what_a_dead_worker_had_taken(client, settings, connection):

@@ -257,6 +257,7 @@ def enqueue(
     job = queue.create_job(
         prepared.spec.func, args=prepared.args, kwargs=prepared.kwargs, job_id=job_id, **prepared.options
     )
+    job.has_webhook = bool(prepared.webhook)  # in its record, which its worker reads as it takes it
     admission = Admission(connection)
     if not (dependencies or prepared.at is not None or job.has_rate_limit or prepared.webhook):
         # The common case, in one round trip: limits, cap, the job, its queue and index.
@@ -272,7 +273,6 @@ def enqueue(
         raise _full(prepared)
     admission.count(counters, job)
     if prepared.webhook:
-        job.has_webhook = True  # in its record, which its worker reads as it takes it
         # Before the job can run, so it cannot end before its webhook is known.
         delay = (prepared.at - datetime.now(timezone.utc)).total_seconds() if prepared.at else 0
         webhooks.remember(connection, job.id, prepared.webhook, delay_seconds=max(0, delay))

@@ -345,8 +345,7 @@ class ReliableWorker(ServiceWorker):
             if not taken.record:  # read along with the take, as RQ's fetch would read it
                 raise NoSuchJobError(job_id)
             job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-            job.restore(taken.record)
-            job.has_webhook = bool(job.has_webhook)  # its record says so, if one waits
+            job.restore(taken.record)  # which says whether a webhook waits (None: the record does not know)
         except NoSuchJobError:
             self.dequeuer.drop(job_id)
             logs.event(log, "job.skipped", level=logging.WARNING, job_id=job_id, reason="no such job (expired or deleted)")

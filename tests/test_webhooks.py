@@ -61,6 +61,18 @@ def test_a_failed_job_posts_its_error(client, work, http_server):
     assert event["data"]["error"]["message"] == "boom"
 
 
+def test_a_job_whose_record_does_not_say_whether_a_webhook_waits_still_posts(client, work, http_server, connection):
+    """A record without the `webhook` field, as an earlier version wrote it and
+    a worker of this one takes it: the worker looks the webhook up."""
+    http_server.answer("/hook", Answer(204))
+    job_id = post(client, {"job": "demo.add", "args": [1, 2], "webhook": {"url": http_server.url("/hook"), "secret": SECRET}})
+    assert connection.hget(f"rq:job:{job_id}", "webhook") == b"1"
+    connection.hdel(f"rq:job:{job_id}", "webhook")
+    work()
+    [seen] = http_server.requests("/hook")
+    assert verify(seen, SECRET)["data"]["id"] == job_id
+
+
 def test_a_job_that_is_retried_posts_once_when_it_ends(client, work, http_server):
     http_server.answer("/hook", Answer(200))
     body = {

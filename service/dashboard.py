@@ -8,6 +8,8 @@ Content-Security-Policy runs no other inline script. That script includes
 `scripts/*.js` templates, which Jinja does not escape (not HTML by their name),
 and one of them quotes the queue name from the URL by hand: every value in those
 is written as JSON instead (`|tojson`), which no quote or `</script>` ends.
+Its Compact button runs the service's own compaction, which never takes the
+queue away from the workers.
 """
 from __future__ import annotations
 
@@ -15,14 +17,15 @@ import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import rq_dashboard
-from flask import Flask, Request, request
+from flask import Flask, Request, current_app, request
 from jinja2 import BaseLoader
 from rq.exceptions import NoSuchJobError
 from rq.serializers import JSONSerializer
+from rq.utils import as_text
 from rq.worker import Worker
 
 from .problems import problem, render
-from .queues import ServiceJob
+from .queues import ServiceJob, ServiceQueue
 from .settings import Settings
 
 URL_PREFIX = "/rq"
@@ -102,6 +105,7 @@ def mount(app: Flask, settings: Settings) -> None:
         for error in _BAD_LINKS:
             blueprint.register_error_handler(error, _bad_link)
     app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
+    app.view_functions[f"{BLUEPRINT}.compact_queue"] = _compact_queue
 
     @app.before_request
     def read_only_dashboard():
@@ -116,6 +120,28 @@ _BAD_LINKS = (NoSuchJobError, LookupError, ValueError, UnboundLocalError)
 
 def _bad_link(error: Exception):
     return render(problem(404, "The dashboard has no such job, queue, registry or page."))
+
+
+def _compact_queue(queue_name: str):
+    """The dashboard's Compact: drop from a queue the ids of jobs that are gone.
+
+    RQ's `Queue.compact` renames the queue away while it sorts it out, so for
+    that time workers find it empty, jobs enqueued meanwhile end up ahead of
+    older ones, a crash halfway loses the rest, and an empty queue is a 500.
+    Here the queue stays in place and each gone id leaves it by an LREM."""
+    connection = current_app.redis_conn  # the dashboard's own client (`setup_rq_connection`)
+    key = ServiceQueue(queue_name, connection=connection).key
+    ids = connection.lrange(key, 0, -1)
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.exists(ServiceJob.key_for(as_text(job_id)))
+        found = pipe.execute()
+    gone = {job_id for job_id, exists in zip(ids, found) if not exists}
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in gone:
+            pipe.lrem(key, 0, job_id)
+        pipe.execute()
+    return {"status": "OK", "removed": len(gone)}
 
 
 def scope(req: Request) -> str | None:

@@ -63,3 +63,17 @@ def test_the_workers_tab_shows_a_busy_worker_and_its_job(client, settings, conne
     [listed] = response.json["workers"]
     assert listed["name"] == worker.name
     assert listed["current_job"]["job_id"] == job_id
+
+
+def test_compact_drops_the_ids_of_gone_jobs_and_keeps_the_order(client, connection):
+    first, gone, last = (client.post("/jobs", json={"job": "demo.add", "args": [n, 1]}).json["id"] for n in range(3))
+    connection.delete(f"rq:job:{gone}")
+    answer = client.post("/rq/queue/default/compact")
+    assert answer.status_code == 200, answer.data
+    assert connection.lrange("rq:queue:default", 0, -1) == [first.encode(), last.encode()]
+
+
+def test_compacting_an_empty_queue_changes_nothing(client, connection):
+    answer = client.post("/rq/queue/empty/compact")
+    assert answer.status_code == 200, answer.data
+    assert not connection.exists("rq:queue:empty")

@@ -61,9 +61,10 @@ class ServiceJob(Job):
     #: and learnt it for free (a later look costs an O(n) LPOS).
     known_position: int | None = None
     #: Whether a webhook waits for this job's outcome (None: look it up). The
-    #: record says so (a `webhook` field RQ leaves alone, "1" or "0"), so a
-    #: worker learns it from the record it reads anyway; a record without the
-    #: field (written by plain RQ, rq-scheduler or an earlier version) leaves it unknown.
+    #: record says so (a `webhook` field RQ leaves alone: "1", or "" for none,
+    #: which an earlier version's worker reads as none too), so a worker learns
+    #: it from the record it reads anyway; a record without the field (written
+    #: by plain RQ, rq-scheduler or an earlier version) leaves it unknown.
     has_webhook: bool | None = None
 
     def __init__(self, id=None, connection=None, serializer=None):
@@ -79,7 +80,7 @@ class ServiceJob(Job):
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict:
         record = super().to_dict(include_meta=include_meta, include_result=include_result)
         if self.has_webhook is not None:
-            record["webhook"] = "1" if self.has_webhook else "0"
+            record["webhook"] = "1" if self.has_webhook else ""
         return record
 
     def restore(self, raw_data) -> None:

@@ -225,6 +225,9 @@ def _start_time(request: JobRequest, now: datetime) -> datetime:
             raise InvalidRequest("at", "out of range") from None
         if at > now + MAX_START_DELAY:
             raise InvalidRequest("at", f"more than {MAX_START_DELAY.days} days ahead")
+        # A time gone by means now. RQ's scheduler looks only at scores from 0
+        # up, so one before 1970 would otherwise wait for ever.
+        at = max(at, now)
     if at.microsecond:
         # RQ keeps a start time in whole seconds, truncated: without rounding
         # up, a job asked for 12:00:00.7 would run at 12:00:00, early.

@@ -39,7 +39,12 @@ class PromptRQScheduler(RQScheduler):
 
     def seconds_until_due(self) -> float:
         """Seconds until the earliest job in this scheduler's registries is due, at most `poll`."""
-        heads = [self.connection.zrange(registry.key, 0, 0, withscores=True) for registry in self._scheduled_job_registries]
+        # From 0 up, as RQ's scheduler looks: a score below it is never moved,
+        # and must not keep this loop from sleeping.
+        heads = [
+            self.connection.zrangebyscore(registry.key, 0, "+inf", start=0, num=1, withscores=True)
+            for registry in self._scheduled_job_registries
+        ]
         scores = [head[0][1] for head in heads if head]
         if not scores:
             return self.poll

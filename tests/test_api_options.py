@@ -1,8 +1,11 @@
 """POST /jobs options: queue, retry and backoff, time, TTLs, dependencies, idempotency."""
+import time
 from datetime import datetime, timedelta, timezone
 
 from tests.conftest import ADMIN_TOKEN, SCOPED_TOKENS, bearer, stored_keys, wait_for
 import pytest
+
+from rq.registry import ScheduledJobRegistry
 
 from service.queues import ServiceJob
 
@@ -76,6 +79,15 @@ def test_delay_and_at_schedule_the_job(client, connection):
     timed = post(client, {"job": "demo.add", "args": [1, 2], "at": at.isoformat()}).json
     assert datetime.fromisoformat(timed["scheduled_for"]) == at
     assert connection.llen("rq:queue:default") == 0
+
+
+@pytest.mark.parametrize("at", ["1969-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2020-06-01T12:00:00+02:00"])
+def test_a_start_time_gone_by_is_due_at_once(client, connection, at):
+    before = datetime.now(timezone.utc)
+    timed = post(client, {"job": "demo.add", "args": [1, 2], "at": at}).json
+    assert before - timedelta(seconds=1) <= datetime.fromisoformat(timed["scheduled_for"]) <= before + timedelta(seconds=2)
+    due = ScheduledJobRegistry("default", connection=connection).get_jobs_to_schedule(int(time.time()) + 2)
+    assert due == [timed["id"]]
 
 
 def test_a_start_time_between_seconds_is_never_brought_forward(client):

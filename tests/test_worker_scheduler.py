@@ -25,6 +25,16 @@ def test_it_sleeps_until_the_earliest_job_is_due(connection):
     assert 1.0 < scheduler.seconds_until_due() <= 3.0  # not the 5 s poll
 
 
+def test_a_time_before_1970_does_not_keep_it_awake(connection):
+    """RQ never moves a job scored below 0, so the loop must not wait on one."""
+    queue = ServiceQueue("default", connection=connection)
+    scheduler = PromptRQScheduler(["default"], connection=connection, serializer=JSONSerializer, poll=5.0)
+    scheduler.prepare_registries(["default"])
+    job = queue.enqueue_at(datetime.fromtimestamp(1, timezone.utc), "jobs.demo.add", 1, 2)
+    connection.zadd("rq:scheduled:default", {job.id: -1})
+    assert scheduler.seconds_until_due() == 5.0
+
+
 def test_a_job_given_a_time_is_enqueued_within_a_fraction_of_a_second(connection):
     queue = ServiceQueue("default", connection=connection)
     due = math.ceil(time.time()) + 2

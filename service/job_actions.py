@@ -1,8 +1,12 @@
 """What an operator does to a job: cancel or stop it, retry it, list jobs."""
 from __future__ import annotations
 
-from rq.command import send_stop_job_command
+from contextlib import contextmanager
+from typing import Iterator
+
 from redis import Redis
+from redis.exceptions import LockError
+from rq.command import send_stop_job_command
 
 from . import events, job_index, webhooks
 from .job_view import status_of
@@ -17,17 +21,32 @@ class NotAllowed(Exception):
     """The job's status does not allow this action."""
 
 
+@contextmanager
+def _turn(job: ServiceJob, connection: Redis) -> Iterator[str]:
+    """The job's status as of now, while no other cancel or retry of it runs.
+
+    RQ's cancel and requeue read the status, then write: two at once (a client
+    that sends its DELETE twice) would both act, and a canceled job's webhook
+    go out twice. Each waits its turn and sees what the one before it left."""
+    try:
+        with connection.lock(f"jobservice:job-action:{job.id}", timeout=30, blocking_timeout=10):
+            job.get_status(refresh=True)
+            yield status_of(job)
+    except LockError:
+        raise NotAllowed(f"another cancel or retry of job {job.id} is still under way; try again") from None
+
+
 def cancel(job: ServiceJob, connection: Redis) -> str:
     """Cancel a waiting job (`canceled`) or ask its worker to stop a running one (`stopping`)."""
-    status = status_of(job)
-    if status in CANCELLABLE:
-        job.cancel()
-        events.status_changed(connection, job, "canceled")
-        webhooks.job_ended(job, "canceled")
-        return "canceled"
-    if status == "started":
-        send_stop_job_command(connection, job.id)
-        return "stopping"
+    with _turn(job, connection) as status:
+        if status in CANCELLABLE:
+            job.cancel()
+            events.status_changed(connection, job, "canceled")
+            webhooks.job_ended(job, "canceled")
+            return "canceled"
+        if status == "started":
+            send_stop_job_command(connection, job.id)
+            return "stopping"
     raise NotAllowed(
         f"job {job.id} is {status}; only a queued, scheduled, deferred, rate_limited or started job can be cancelled"
     )
@@ -35,12 +54,12 @@ def cancel(job: ServiceJob, connection: Redis) -> str:
 
 def retry(job: ServiceJob, connection: Redis) -> ServiceJob:
     """Put a failed or stopped job back on its queue."""
-    status = status_of(job)
-    if status not in RETRYABLE:
-        raise NotAllowed(f"job {job.id} is {status}; only a failed or stopped job can be retried")
-    job.requeue()
-    events.status_changed(connection, job, "queued")
-    return job
+    with _turn(job, connection) as status:
+        if status in RETRYABLE:
+            job.requeue()
+            events.status_changed(connection, job, "queued")
+            return job
+    raise NotAllowed(f"job {job.id} is {status}; only a failed or stopped job can be retried")
 
 
 def listing(

@@ -53,6 +53,20 @@ def test_retry_a_failed_job(client, work):
     assert [a["outcome"] for a in job["history"]] == ["failed", "finished"]
 
 
+def test_a_retry_that_read_the_job_before_another_retry_ended_is_refused(client, work, connection):
+    """Two retries at once: the second read the job while it was still failed."""
+    from service import job_actions
+    from service.queues import ServiceJob
+
+    job_id = post(client, {"job": "demo.fail", "args": ["boom"], "retry": {"max": 0}})
+    work()
+    second = ServiceJob.fetch(job_id, connection)
+    assert client.post(f"/jobs/{job_id}/retry").status_code == 202
+    with pytest.raises(job_actions.NotAllowed, match="is queued"):
+        job_actions.retry(second, connection)
+    assert connection.lrange("rq:queue:default", 0, -1) == [job_id.encode()]
+
+
 def test_retrying_a_job_that_did_not_fail_is_409(client):
     job_id = post(client, {"job": "demo.add", "args": [1, 2]})
     response = client.post(f"/jobs/{job_id}/retry")

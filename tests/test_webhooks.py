@@ -96,6 +96,22 @@ def test_a_cancelled_job_posts_too(client, work, http_server):
     assert verify(seen, SECRET)["type"] == "job.canceled"
 
 
+def test_a_cancel_that_read_the_job_before_another_cancel_ended_is_refused_and_posts_nothing_more(client, work, http_server, connection):
+    """Two DELETEs at once: the second read the job while it was still waiting."""
+    from service import job_actions
+    from service.queues import ServiceJob
+
+    http_server.answer("/hook", Answer(200))
+    job_id = post(client, {"job": "demo.add", "args": [1, 2], "delay": 600, "webhook": {"url": http_server.url("/hook"), "secret": SECRET}})
+    second = ServiceJob.fetch(job_id, connection)
+    assert client.delete(f"/jobs/{job_id}").json["status"] == "canceled"
+    with pytest.raises(job_actions.NotAllowed, match="is canceled"):
+        job_actions.cancel(second, connection)
+    work()
+    [seen] = http_server.requests("/hook")
+    assert verify(seen, SECRET)["type"] == "job.canceled"
+
+
 @pytest.fixture
 def short_backoff(monkeypatch):
     """Undelivered webhooks are retried after 2 s (set before the worker starts)."""

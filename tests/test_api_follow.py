@@ -10,13 +10,18 @@ def post(client, body):
     return response.json["id"]
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def read_events(response) -> list[tuple[str, dict]]:
-    """Parse a whole text/event-stream body into (event, data) pairs."""
+    """Parse a whole text/event-stream body into (event, data) pairs, as
+    strictly as a browser's `JSON.parse`."""
     events = []
     for block in b"".join(response.response).decode().split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
         if "event" in fields:
-            events.append((fields["event"], json.loads(fields["data"])))
+            events.append((fields["event"], json.loads(fields["data"], parse_constant=_no_constant)))
     return events
 
 
@@ -71,6 +76,14 @@ def test_events_of_an_ended_job_close_after_one_status(client, work):
     work()
     events = read_events(client.get(f"/jobs/{job_id}/events"))
     assert [(kind, data["status"]) for kind, data in events] == [("status", "finished")]
+
+
+def test_events_write_a_result_json_has_no_number_for_as_null_like_the_job(client, work):
+    job_id = post(client, {"job": "demo.add", "args": [1e308, 1e308]})
+    work()
+    [(kind, data)] = read_events(client.get(f"/jobs/{job_id}/events"))
+    assert (kind, data["status"], data["result"]) == ("status", "finished", None)
+    assert data == client.get(f"/jobs/{job_id}").json
 
 
 def test_events_of_an_unknown_job_are_404(client):

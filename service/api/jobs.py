@@ -21,7 +21,7 @@ from ..auth import requires
 from ..queues import ServiceJob, fetch_job
 from ..registry import InvalidArguments, UnknownJob
 from . import service, services
-from .schemas import CancelOut, JobOut, JobPage, JobTypes
+from .schemas import CancelOut, JobOut, JobPage, JobTypes, Progress
 
 bp = APIBlueprint("jobs", __name__)
 
@@ -170,20 +170,20 @@ def job_events(job_id: str):
     def stream():
         with subscription:
             view = describe(job, registry)
-            yield _sse("status", view)
+            yield _sse("status", JobOut, view)
             if view["status"] in TERMINAL:
                 return
             for event in subscription.events(idle_timeout=KEEPALIVE):
                 if event is None:
                     yield ": keep-alive\n\n"
                 elif event.get("event") == "progress":
-                    yield _sse("progress", event["progress"])
+                    yield _sse("progress", Progress, event["progress"])
                 elif event.get("event") == "status":
                     try:
                         view = describe(fetch_job(job_id, connection), registry)
                     except NoSuchJobError:
                         return
-                    yield _sse("status", view)
+                    yield _sse("status", JobOut, view)
                     if view["status"] in TERMINAL:
                         return
 
@@ -228,14 +228,19 @@ def _answer(schema: type[BaseModel], view: dict, status: int = 200, headers: dic
     APIFlask passes a Response through as it is.
     """
     g.job = (view["id"], view.get("job"))
+    return Response(_json(schema, view), status, headers, mimetype="application/json")
+
+
+def _json(schema: type[BaseModel], view: dict) -> str:
+    """`view` checked against `schema`, as JSON: a float JSON has no word for
+    (a result of `Infinity`) is written as `null`."""
     answer = schema.model_validate(view)
     try:
-        body = answer.model_dump_json(by_alias=True)
+        return answer.model_dump_json(by_alias=True)
     except PydanticSerializationError:
         # pydantic will not write half a surrogate pair, which a job's result or
         # error may hold (text decoded with `surrogateescape`); json escapes it.
-        body = json.dumps(answer.model_dump(mode="json", by_alias=True))
-    return Response(body, status, headers, mimetype="application/json")
+        return json.dumps(answer.model_dump(mode="json", by_alias=True))
 
 
 def _job_or_404(job_id: str) -> ServiceJob:
@@ -245,5 +250,6 @@ def _job_or_404(job_id: str) -> ServiceJob:
         raise problem(404, f"No job {job_id!r}: it never existed or its record has expired.") from None
 
 
-def _sse(event: str, data) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+def _sse(event: str, schema: type[BaseModel], data: dict) -> str:
+    """One Server-Sent Event, its data written as the same answer over GET would be."""
+    return f"event: {event}\ndata: {_json(schema, data)}\n\n"

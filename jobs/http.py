@@ -23,7 +23,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
 from jobs import _outbound, defaults
 from jobs._failures import PermanentFailure, TransientFailure, classified
@@ -32,8 +32,26 @@ if TYPE_CHECKING:
     import httpx
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-HeaderName = Annotated[str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")]
-HeaderValue = Annotated[str, StringConstraints(max_length=8192, pattern=r"^[^\r\n\x00]*$")]
+#: Headers that frame the message or the connection: the HTTP client writes
+#: them itself, and one given by hand would contradict it (and fail every try).
+_FRAMING = frozenset({"connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer",
+                      "transfer-encoding", "upgrade"})
+
+
+def _not_framing(name: str) -> str:
+    if name.lower() in _FRAMING:
+        raise ValueError(f"{name} is set by the HTTP client itself")
+    return name
+
+
+HeaderName = Annotated[
+    str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$"), AfterValidator(_not_framing)
+]
+# What the HTTP client sends as it is: visible ASCII, inner spaces and tabs, no
+# space at either end (a value is trimmed on the wire; the client refuses one that is not).
+HeaderValue = Annotated[
+    str, StringConstraints(max_length=8192, pattern=r"^(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?$")
+]
 
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript", "+json", "+xml")
 
@@ -81,6 +99,9 @@ def request(
                 with client.stream(method, url, headers=sent_headers, content=content) as response:
                     body, truncated = _read_bounded(response, limit)
         except _outbound.Refused as error:
+            raise PermanentFailure(f"{method} {_outbound.shown(url)}: {error}") from error
+        except httpx.LocalProtocolError as error:
+            # The request itself is one HTTP cannot carry: every try would fail alike.
             raise PermanentFailure(f"{method} {_outbound.shown(url)}: {error}") from error
         except httpx.TransportError as error:
             # Refused connections, timeouts, resets, broken responses.

@@ -162,6 +162,14 @@ def test_retry_after_takes_seconds_or_a_date_and_has_a_ceiling(monkeypatch):
     assert str(refused.value).startswith("GET http://api.test/v1?… asks")
 
 
+def test_a_request_http_cannot_carry_fails_at_once(http_server):
+    """Called past the argument checks, as a job enqueued by hand might be."""
+    http_server.answer("/any", Answer(200, "ok"))
+    with pytest.raises(PermanentFailure, match="Illegal header value"):
+        http.request(http_server.url("/any"), headers={"X-A": " lead"})
+    assert http_server.requests("/any") == []
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -169,6 +177,10 @@ def test_retry_after_takes_seconds_or_a_date_and_has_a_ceiling(monkeypatch):
         {"url": "gopher://127.0.0.1:6379/"},
         {"url": "http://example.com/", "method": "TRACE"},
         {"url": "http://example.com/", "headers": {"X-Evil": "a\r\nInjected: yes"}},
+        # Values and headers the HTTP client would refuse at every try.
+        *({"url": "http://example.com/", "headers": {"X-A": value}} for value in ("é", " lead", "trail ", "a\u2028b")),
+        {"url": "http://example.com/", "headers": {"Content-Length": "abc"}},
+        {"url": "http://example.com/", "headers": {"transfer-encoding": "gzip"}},
         {"url": "http://example.com/", "timeout": 0},
     ],
 )

@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import rq_dashboard
 from flask import Flask, Request, current_app, request
 from jinja2 import BaseLoader
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 from rq.worker import Worker
@@ -104,6 +104,7 @@ def mount(app: Flask, settings: Settings) -> None:
         # handler on a blueprint some app has registered already.
         for error in _BAD_LINKS:
             blueprint.register_error_handler(error, _bad_link)
+        blueprint.register_error_handler(InvalidJobOperation, _not_now)
     app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
     app.view_functions[f"{BLUEPRINT}.compact_queue"] = _compact_queue
 
@@ -112,14 +113,33 @@ def mount(app: Flask, settings: Settings) -> None:
         if settings.dashboard_read_only and request.endpoint in STATE_CHANGING:
             raise problem(403, "The dashboard is read-only (DASHBOARD_READ_ONLY).", title="Forbidden")
 
+    @app.before_request
+    def page_numbers():
+        # rq-dashboard divides by the page size and hands the page to Redis as
+        # a range: 0, or a number past Redis's integers, would be a 500.
+        if request.endpoint == f"{BLUEPRINT}.list_jobs":
+            for name in ("per_page", "page"):
+                value = request.view_args.get(name, "")
+                if not (value.isdigit() and 0 < int(value) <= _MOST_PAGES):
+                    return _bad_link(None)
+
 
 #: What rq-dashboard's views raise for a link to a job, queue, registry or page
 #: that is not there (an unknown id, `/rq/5/view`, a page number that is not one).
 _BAD_LINKS = (NoSuchJobError, LookupError, ValueError, UnboundLocalError)
 
 
-def _bad_link(error: Exception):
+#: The largest page size and page number a dashboard link may name.
+_MOST_PAGES = 1_000_000
+
+
+def _bad_link(error: Exception | None):
     return render(problem(404, "The dashboard has no such job, queue, registry or page."))
+
+
+def _not_now(error: InvalidJobOperation):
+    # RQ raises it bare when a requeue finds the job no longer failed.
+    return render(problem(409, str(error) or "Only a failed job can be requeued."))
 
 
 def _compact_queue(queue_name: str):

@@ -39,6 +39,8 @@ def test_dashboard_lists_failed_jobs_with_their_error(client, work):
         "/rq/5/view",
         "/rq/0/data/jobs/default/queued/abc/asc/1.json",
         "/rq/0/data/jobs/default/nowhere/8/asc/1.json",
+        "/rq/0/data/jobs/default/failed/0/asc/1.json",
+        "/rq/0/data/jobs/default/queued/10/asc/99999999999999999999.json",
     ],
 )
 def test_a_dashboard_link_to_nothing_is_404(client, path):
@@ -77,3 +79,12 @@ def test_compacting_an_empty_queue_changes_nothing(client, connection):
     answer = client.post("/rq/queue/empty/compact")
     assert answer.status_code == 200, answer.data
     assert not connection.exists("rq:queue:empty")
+
+
+def test_requeueing_a_job_that_did_not_fail_is_409_and_changes_nothing(client, work):
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    work()
+    answer = client.post(f"/rq/job/{job_id}/requeue")
+    assert answer.status_code == 409, answer.data
+    assert answer.content_type == "application/problem+json"
+    assert client.get(f"/jobs/{job_id}").json["status"] == "finished"

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Annotated
+
+from pydantic import Field
 
 #: How long the records of a token are kept, in seconds.
 RECORD_TTL = 24 * 3600
 
 
-def run(seconds: float = 0.0, token: str = "") -> float:
+def run(seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0, token: str = "") -> float:
     """Sleep `seconds`; with a `token`, record this run's start and finish. Returns the seconds slept."""
     record = _recorder(token)
     record("started")

@@ -2,18 +2,25 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
+from pydantic import Field
 from rq import get_current_job
 
 from jobs import progress
 
+# Bounds a worker can honour: a 64-bit integer (a longer one is no JSON number
+# a client could read back, nor a float it could be added to), and a day at most.
+Whole = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Seconds = Annotated[float, Field(ge=0, le=86400)]
 
-def add(x: int | float, y: int | float) -> int | float:
+
+def add(x: Whole | float, y: Whole | float) -> int | float:
     """Return x + y."""
     return x + y
 
 
-def sleep(seconds: float) -> float:
+def sleep(seconds: Seconds) -> float:
     """Sleep for `seconds`, then return how long it slept."""
     started = time.monotonic()
     time.sleep(seconds)
@@ -25,7 +32,7 @@ def fail(message: str = "this job always fails") -> None:
     raise RuntimeError(message)
 
 
-def flaky(fail_times: int = 1) -> int:
+def flaky(fail_times: Annotated[int, Field(ge=0, le=100)] = 1) -> int:
     """Fail the first `fail_times` attempts, then return the number of the attempt that worked."""
     job = get_current_job()
     attempt = 1
@@ -38,7 +45,7 @@ def flaky(fail_times: int = 1) -> int:
     return attempt
 
 
-def steps(count: int = 5, pause: float = 0.0) -> int:
+def steps(count: Annotated[int, Field(ge=0, le=10_000)] = 5, pause: Seconds = 0.0) -> int:
     """Take `count` steps of `pause` seconds, reporting progress after each."""
     for step in range(1, count + 1):
         time.sleep(pause)

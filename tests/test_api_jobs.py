@@ -74,6 +74,12 @@ def test_job_names_outside_the_allow_list_are_refused_and_write_nothing(client, 
         ({"job": "demo.add", "args": [1, 2], "kwargs": {"z": 1}}, "z"),
         ({"job": "demo.add", "args": ["one", 2]}, "x"),
         ({"job": "demo.sleep", "kwargs": {"seconds": [1]}}, "seconds"),
+        # Values of the right type that the job could never run with.
+        ({"job": "demo.sleep", "args": [-1]}, "seconds"),
+        ({"job": "demo.sleep", "args": [1e300]}, "seconds"),
+        ({"job": "demo.steps", "kwargs": {"pause": -1}}, "pause"),
+        ({"job": "demo.add", "args": [10**400, 1.5]}, "x"),
+        ({"job": "canary.run", "kwargs": {"seconds": -1}}, "seconds"),
     ],
 )
 def test_wrong_arguments_are_422_naming_the_argument(client, connection, body, argument):

@@ -1,6 +1,7 @@
 """A job as the API and the command line show it."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -76,13 +77,34 @@ def _attempt(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+_TYPE = re.compile(r"[A-Za-z_][\w.]*")
+
+
 def parse_exception(text: str) -> dict[str, str]:
-    """Exception type, message and traceback from RQ's formatted exception text."""
-    last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
-    kind, sep, message = last.partition(": ")
-    if not sep:
-        kind, message = last, ""
-    return {"type": kind or "Error", "message": message, "traceback": text}
+    """Exception type, message and traceback from RQ's formatted exception text.
+
+    The exception is what follows the last traceback's frames (its indented
+    lines), all of it: a message may run over several lines, one of which may
+    look like `KeyError: x`. A text that is no traceback (a worker's own reason
+    for failing a job, an `AbandonedJobError: …`) is read the same way."""
+    stripped = text.strip()
+    _, found, tail = stripped.rpartition(_TRACEBACK)
+    lines = tail.splitlines() if found else stripped.splitlines()
+    if found:
+        while lines and (not lines[0].strip() or lines[0][0].isspace()):  # the frames
+            lines.pop(0)
+    exception = "\n".join(lines).strip()
+    kind, sep, message = exception.partition(": ")
+    if not (sep and _TYPE.fullmatch(kind)):
+        kind, message = (exception, "") if _TYPE.fullmatch(exception) else ("Error", exception)
+    return {"type": kind, "message": message, "traceback": text}
+
+
+def exception_line(text: str) -> str:
+    """`Type: message` of RQ's formatted exception text, for a log line."""
+    error = parse_exception(text)
+    return f"{error['type']}: {error['message']}" if error["message"] else error["type"]
 
 
 def _scheduled_for(job: ServiceJob) -> str | None:

@@ -54,6 +54,7 @@ from rq.worker.base import signal_name
 from . import events, executor, logs, metrics, recovery, redis_checks, scripted
 from .connection import connect
 from .dequeue import NOT_RUNNABLE, Dequeuer, Taken
+from .job_view import exception_line
 from .queues import ServiceJob, ServiceQueue
 from .worker_scheduler import PromptRQScheduler
 from .workers import ServiceWorker
@@ -537,7 +538,7 @@ class ReliableWorker(ServiceWorker):
             # the main process requeue the job instead.
             os._exit(EXIT_UNRECORDED)
         fields = logs.job_fields(job)
-        error = next((line for line in reversed(exc_string.strip().splitlines()) if line.strip()), "")
+        error = exception_line(exc_string)
         if retried:
             metrics.record_retried(self.connection, fields["job"])
             logs.event(log, "job.retried", level=logging.WARNING, **fields, error=error, retries_left=job.retries_left)

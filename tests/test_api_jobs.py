@@ -38,6 +38,15 @@ def test_a_failed_job_shows_its_exception(client, work):
     assert "result" not in job or job["result"] is None
 
 
+def test_an_exception_whose_message_runs_over_lines_keeps_its_type(client, work):
+    message = "first line\nKeyError: a line of the message, not the exception"
+    job_id = enqueue(client, {"job": "demo.fail", "kwargs": {"message": message}, "retry": {"max": 0}}).json["id"]
+    work()
+    job = client.get(f"/jobs/{job_id}").json
+    assert (job["error"]["type"], job["error"]["message"]) == ("RuntimeError", message)
+    assert job["history"][-1]["error"]["type"] == "RuntimeError"
+
+
 def test_job_records_are_json_not_pickle(client, connection):
     job_id = enqueue(client, {"job": "demo.add", "args": [1, 2]}).json["id"]
     stored = zlib.decompress(connection.hget(f"rq:job:{job_id}", "data"))  # RQ compresses it

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Sequence
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError, WatchError
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus, Retry
 from rq.queue import Queue
@@ -287,23 +287,14 @@ def enqueue(
         job_index.add(connection, job)
         return job
     # One transaction: the job, its place in the queue (or schedule) and in the index.
-    # It watches the job's new key so that redis-py, whose client resends a
-    # transaction after a broken connection, cannot run it twice (a job queued
-    # twice runs twice): a resend is refused with a WatchError, and the job's
-    # record then tells whether the first one ran.
-    with connection.pipeline() as pipe:
-        pipe.watch(job.key)
-        pipe.multi()
+    def write(pipe) -> None:
         if prepared.at is not None:
             queue.schedule_job(job, prepared.at, pipeline=pipe)
         else:
             queue.enqueue_job(job, pipeline=pipe)
         job_index.add(pipe, job)
-        try:
-            pipe.execute()
-        except WatchError:
-            if not connection.exists(job.key):
-                raise RedisConnectionError("the connection broke while the job was written, and it was not") from None
+
+    queues.write_new_job(connection, job, write)
     return job
 
 

@@ -9,7 +9,12 @@ import importlib
 import weakref
 from functools import lru_cache
 
+from typing import Callable
+
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import WatchError
 from rq.exceptions import NoSuchJobError
 from rq.job import JOB_ID_PATTERN, Job
 from rq.queue import Queue
@@ -181,3 +186,21 @@ def fetch_job(job_id: str, connection: Redis) -> ServiceJob:
     if not JOB_ID_PATTERN.fullmatch(job_id):
         raise NoSuchJobError(job_id)
     return ServiceJob.fetch(job_id, connection=connection)
+
+
+def write_new_job(connection: Redis, job: Job, write: Callable[[Pipeline], object]) -> None:
+    """Run `write` (the new job's record, its place in a queue, ...) as one transaction.
+
+    It watches the job's new key so that redis-py, whose client resends a
+    transaction after a broken connection, cannot run it twice (a job queued
+    twice runs twice): a resend is refused with a WatchError, and the job's
+    record then tells whether the first one ran."""
+    with connection.pipeline() as pipe:
+        pipe.watch(job.key)
+        pipe.multi()
+        write(pipe)
+        try:
+            pipe.execute()
+        except WatchError:
+            if not connection.exists(job.key):
+                raise RedisConnectionError("the connection broke while the job was written, and it was not") from None

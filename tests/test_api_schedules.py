@@ -82,6 +82,23 @@ def test_pause_resume_and_run(client, connection, work):
     assert len(resumed.json["next_runs"]) == 3
 
 
+def test_running_now_a_job_with_a_concurrency_limit_takes_a_slot_like_any_enqueue(client, connection, monkeypatch):
+    monkeypatch.setenv("HTTP_HOST_CONCURRENCY", "1")  # read where jobs are enqueued: here
+    call = {"job": "http.request", "kwargs": {"url": "http://example.com/x"}, "cron": "0 9 * * *"}
+    assert client.put("/schedules/hook", json=call).status_code == 201
+    first, second = (client.post("/schedules/hook/run") for _ in range(2))
+    assert (first.status_code, second.status_code) == (202, 202)
+    statuses = [client.get(f"/jobs/{ran.json['id']}").json["status"] for ran in (first, second)]
+    assert statuses == ["queued", "rate_limited"]
+
+
+def test_a_name_ending_in_a_newline_is_422_and_writes_nothing(client, connection):
+    response = client.put("/schedules/abc%0A", json=DAILY)
+    assert response.status_code == 422, response.json
+    assert response.content_type == "application/problem+json"
+    assert connection.dbsize() == 0
+
+
 def test_delete_removes_it(client, connection):
     client.put("/schedules/report", json=DAILY)
     assert client.delete("/schedules/report").status_code == 204

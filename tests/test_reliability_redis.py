@@ -473,6 +473,15 @@ def test_an_enqueue_whose_reply_never_came_is_found_by_its_retry_with_the_same_k
     assert connection.lrange("rq:queue:default", 0, -1) == [again.json["id"].encode()]
 
 
+def test_a_schedule_run_now_whose_reply_never_came_is_queued_once(cut_client, connection):
+    client, cutter = cut_client
+    assert client.put("/schedules/s", json={"job": "demo.add", "args": [1, 2], "cron": "0 9 * * *"}).status_code == 201
+    cutter.cut_reply_to(b"last_run_at")  # the transaction's EXEC; the client sends it again
+    ran = client.post("/schedules/s/run")
+    assert ran.status_code == 202 and cutter.cuts == 1
+    assert connection.lrange("rq:queue:default", 0, -1) == [ran.json["id"].encode()]
+
+
 def test_a_key_whose_first_request_lost_redis_before_writing_enqueues_once_that_request_is_over(
     settings, connection, monkeypatch
 ):

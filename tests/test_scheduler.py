@@ -323,6 +323,16 @@ def test_a_paused_schedule_does_not_fire_and_resumes_without_the_paused_ticks(co
     assert queued(connection) == [f"schedule-m-{stamp(datetime(2025, 1, 6, 9, 10, tzinfo=UTC))}"]
 
 
+def test_resuming_a_schedule_that_is_not_paused_skips_nothing(connection, declare, scheduler, clock):
+    """An operator resumes a running schedule "to be sure": its due tick, and
+    the ticks it missed and would catch up, still run."""
+    declare(Schedule(name="nine", job="demo.tick", cron="0 9 * * *"),
+            Schedule(name="hourly", job="demo.tick", cron="0 * * * *", missed="all"))
+    clock.now = datetime(2025, 1, 6, 12, 0, 0, 500_000, tzinfo=UTC)  # no scheduler since 08:59:30
+    assert store.resume(connection, "nine", now=clock()) and store.resume(connection, "hourly", now=clock())
+    assert scheduler.enqueue_jobs() == 1 + 4  # 09:00; 09:00, 10:00, 11:00 and 12:00
+
+
 def test_a_tick_read_before_a_change_is_not_fired_with_the_old_definition(connection, declare, clock, settings):
     declare(Schedule(name="s", job="demo.add", cron="0 9 * * *", args=[1, 1]))
     clock.advance(seconds=30)

@@ -29,8 +29,9 @@ DEFAULT_MISSED = "once"
 #: `schedule-<name>-<YYYYMMDDTHHMMSSZ>` is the job of one tick.
 ID_PREFIX = "schedule-"
 _TICK_FORMAT = "%Y%m%dT%H%M%SZ"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
-_TICK_SUFFIX = re.compile(r"-\d{8}T\d{6}Z$")
+# `\Z`, not `$`: `$` also matches before a final newline, which a name must not end with.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
+_TICK_SUFFIX = re.compile(r"-\d{8}T\d{6}Z\Z")
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "jobs" / "schedules.toml"
 

@@ -26,7 +26,7 @@ from rq.job import JobStatus
 from rq_scheduler import Scheduler
 
 from .. import job_index
-from ..queues import ServiceJob, ServiceQueue
+from ..queues import ServiceJob, ServiceQueue, write_new_job
 from .cron import Cron, cron
 from .definition import ValidSchedule, canonical, template_id
 
@@ -278,14 +278,17 @@ def pause(connection: Redis, name: str) -> bool:
 
 
 def resume(connection: Redis, name: str, *, now: datetime) -> bool:
-    """Fire again from the first tick after now: ticks that passed while paused do not run."""
+    """Fire again from the first tick after now: ticks that passed while paused do not run.
+
+    A schedule that is not paused is left as it is: its next tick may be due
+    already, or ticks it missed may wait to be caught up, and neither is skipped."""
     key = state_key(name)
     found: dict[str, bool] = {}
 
     def write(pipe) -> None:
         state = decode(pipe.hgetall(key))
         found["yes"] = bool(state)
-        if not state:
+        if state.get("paused") != "1":
             return
         definition = json.loads(state["definition"])
         last_tick = int(state["last_tick"]) if state.get("last_tick") else 0
@@ -321,11 +324,21 @@ def run_now(connection: Redis, name: str, *, now: datetime) -> ServiceJob | None
         return None
     job = job_from_template(raw, str(uuid.uuid4()), connection, now=now, meta={"schedule": name, "manual": True})
     queue = ServiceQueue(job.origin, connection=connection)
-    with connection.pipeline() as pipe:
-        queue.enqueue_job(job, pipeline=pipe, at_front=bool(job.enqueue_at_front))
+    at_front = bool(job.enqueue_at_front)
+
+    def recorded(pipe) -> None:
         job_index.add(pipe, job)
         pipe.hset(state_key(name), mapping={"last_job_id": job.id, "last_run_at": repr(now.timestamp())})
-        pipe.execute()
+
+    if job.has_rate_limit:
+        # RQ takes a slot (or parks the job as `rate_limited`) in a script of
+        # its own, which runs outside any pipeline.
+        job = queue.enqueue_job(job, at_front=at_front)
+        with connection.pipeline() as pipe:
+            recorded(pipe)
+            pipe.execute()
+        return job
+    write_new_job(connection, job, lambda pipe: (queue.enqueue_job(job, pipeline=pipe, at_front=at_front), recorded(pipe)))
     return job
 
 

@@ -11,6 +11,7 @@ from rq.command import send_stop_job_command
 from . import events, job_index, webhooks
 from .job_view import status_of
 from .queues import ServiceJob
+from .schedules import store
 
 CANCELLABLE = frozenset({"queued", "scheduled", "deferred", "rate_limited"})
 RETRYABLE = frozenset({"failed", "stopped"})
@@ -36,8 +37,18 @@ def _turn(job: ServiceJob, connection: Redis) -> Iterator[str]:
         raise NotAllowed(f"another cancel or retry of job {job.id} is still under way; try again") from None
 
 
+def _not_a_template(job: ServiceJob, connection: Redis) -> None:
+    """A schedule's template is a `scheduled` job record its ticks are copied
+    from, never run itself: canceling it would not stop the schedule, and
+    would leave it a template the clean-up may delete."""
+    name = store.template_of(connection, job.id)
+    if name:
+        raise NotAllowed(f"job {job.id} is the template of schedule {name!r}: pause or delete /schedules/{name} instead")
+
+
 def cancel(job: ServiceJob, connection: Redis) -> str:
     """Cancel a waiting job (`canceled`) or ask its worker to stop a running one (`stopping`)."""
+    _not_a_template(job, connection)
     with _turn(job, connection) as status:
         if status in CANCELLABLE:
             job.cancel()
@@ -54,6 +65,7 @@ def cancel(job: ServiceJob, connection: Redis) -> str:
 
 def retry(job: ServiceJob, connection: Redis) -> ServiceJob:
     """Put a failed or stopped job back on its queue."""
+    _not_a_template(job, connection)
     with _turn(job, connection) as status:
         if status in RETRYABLE:
             job.requeue()

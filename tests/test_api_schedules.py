@@ -99,6 +99,16 @@ def test_a_name_ending_in_a_newline_is_422_and_writes_nothing(client, connection
     assert connection.dbsize() == 0
 
 
+@pytest.mark.parametrize("method, path", [("delete", "/jobs/schedule-report"), ("post", "/jobs/schedule-report/retry")])
+def test_a_schedules_template_job_is_not_canceled_or_retried_as_a_job(client, connection, method, path):
+    client.put("/schedules/report", json=DAILY)
+    before = snapshot(connection)
+    response = getattr(client, method)(path)
+    assert response.status_code == 409
+    assert "/schedules/report" in response.json["detail"]
+    assert snapshot(connection) == before
+
+
 def test_delete_removes_it(client, connection):
     client.put("/schedules/report", json=DAILY)
     assert client.delete("/schedules/report").status_code == 204

@@ -28,7 +28,7 @@ from rq_scheduler import Scheduler
 from .. import job_index
 from ..queues import ServiceJob, ServiceQueue, write_new_job
 from .cron import Cron, cron
-from .definition import ValidSchedule, canonical, template_id
+from .definition import ValidSchedule, canonical, name_of, template_id
 
 SCHEDULED = Scheduler.scheduled_jobs_key
 NAMES = "jobservice:schedules"
@@ -44,6 +44,12 @@ def state_key(name: str) -> str:
 
 def template_key(name: str) -> str:
     return ServiceJob.redis_job_namespace_prefix + template_id(name)
+
+
+def template_of(connection: Redis, job_id: str) -> str | None:
+    """The name of the schedule whose template job `job_id` is; None for any other job."""
+    name = name_of(job_id)
+    return name if name and connection.exists(state_key(name)) else None
 
 
 @dataclass(frozen=True)

@@ -153,13 +153,16 @@ class ReliableWorker(ServiceWorker):
     def work(self, burst: bool = False, logging_level: str | None = None, with_scheduler: bool = False, **_) -> bool:
         """Run jobs (in an executor, `service.executor`) until stopped or, with `burst`, until the queues are empty."""
         self._state = WorkerStatus.STARTED  # written with the birth (`serialize`), not a moment after
-        # No level: RQ would reset its loggers to it (`service.logs` keeps them at WARNING).
-        self.bootstrap(logging_level)
-        if with_scheduler:
-            self._start_scheduler(burst, logging_level)
+        # Before anything is registered or forked: a SIGTERM while starting
+        # stops this worker as any other, its scheduler process with it, not
+        # at once by default and leaving that process behind.
         self._install_signal_handlers()
         worked = False
         try:
+            # No level: RQ would reset its loggers to it (`service.logs` keeps them at WARNING).
+            self.bootstrap(logging_level)
+            if with_scheduler:
+                self._start_scheduler(burst, logging_level)
             while not self._stop_requested:
                 self.check_for_suspension(burst)
                 if self._stop_requested:

@@ -361,8 +361,7 @@ class Recovery:
             if intermediate.set_first_seen(job_id):
                 continue  # seen for the first time: give its worker the chance to register it
             first_seen = intermediate.get_first_seen(job_id)
-            now = datetime.fromtimestamp(self._clock(), timezone.utc)
-            if first_seen and (now - first_seen).total_seconds() < self.settings.orphan_timeout:
+            if first_seen and self._clock() - first_seen.timestamp() < self.settings.orphan_timeout:
                 continue
             if give(keys=[intermediate.key, Job.key_for(job_id), queue.key], args=[job_id]) == 1:
                 report.intermediate.append(job_id)

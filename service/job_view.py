@@ -88,12 +88,9 @@ def parse_exception(text: str) -> dict[str, str]:
     lines), all of it: a message may run over several lines, one of which may
     look like `KeyError: x`. A text that is no traceback (a worker's own reason
     for failing a job, an `AbandonedJobError: …`) is read the same way."""
-    stripped = text.strip()
-    _, found, tail = stripped.rpartition(_TRACEBACK)
-    lines = tail.splitlines() if found else stripped.splitlines()
-    if found:
-        while lines and (not lines[0].strip() or lines[0][0].isspace()):  # the frames
-            lines.pop(0)
+    lines = text.strip().rpartition(_TRACEBACK)[2].splitlines()  # all of it, without a traceback
+    while lines and (not lines[0].strip() or lines[0][0].isspace()):  # the frames
+        lines.pop(0)
     exception = "\n".join(lines).strip()
     kind, sep, message = exception.partition(": ")
     if not (sep and _TYPE.fullmatch(kind)):

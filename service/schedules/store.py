@@ -344,7 +344,12 @@ def run_now(connection: Redis, name: str, *, now: datetime) -> ServiceJob | None
             recorded(pipe)
             pipe.execute()
         return job
-    write_new_job(connection, job, lambda pipe: (queue.enqueue_job(job, pipeline=pipe, at_front=at_front), recorded(pipe)))
+
+    def queued_and_recorded(pipe) -> None:
+        queue.enqueue_job(job, pipeline=pipe, at_front=at_front)
+        recorded(pipe)
+
+    write_new_job(connection, job, queued_and_recorded)
     return job
 
 

@@ -8,13 +8,11 @@ from __future__ import annotations
 import importlib
 import weakref
 from functools import lru_cache
-
 from typing import Callable
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import WatchError
+from redis.exceptions import ConnectionError as RedisConnectionError, WatchError
 from rq.exceptions import NoSuchJobError
 from rq.job import JOB_ID_PATTERN, Job
 from rq.queue import Queue

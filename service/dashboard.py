@@ -105,6 +105,7 @@ def mount(app: Flask, settings: Settings) -> None:
         for error in _BAD_LINKS:
             blueprint.register_error_handler(error, _bad_link)
         blueprint.register_error_handler(InvalidJobOperation, _not_now)
+        blueprint.before_request(_page_numbers)
     app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
     app.view_functions[f"{BLUEPRINT}.compact_queue"] = _compact_queue
 
@@ -112,16 +113,6 @@ def mount(app: Flask, settings: Settings) -> None:
     def read_only_dashboard():
         if settings.dashboard_read_only and request.endpoint in STATE_CHANGING:
             raise problem(403, "The dashboard is read-only (DASHBOARD_READ_ONLY).", title="Forbidden")
-
-    @app.before_request
-    def page_numbers():
-        # rq-dashboard divides by the page size and hands the page to Redis as
-        # a range: 0, or a number past Redis's integers, would be a 500.
-        if request.endpoint == f"{BLUEPRINT}.list_jobs":
-            for name in ("per_page", "page"):
-                value = request.view_args.get(name, "")
-                if not (value.isdigit() and 0 < int(value) <= _MOST_PAGES):
-                    return _bad_link(None)
 
 
 #: What rq-dashboard's views raise for a link to a job, queue, registry or page
@@ -135,6 +126,17 @@ _MOST_PAGES = 1_000_000
 
 def _bad_link(error: Exception | None):
     return render(problem(404, "The dashboard has no such job, queue, registry or page."))
+
+
+def _page_numbers():
+    """rq-dashboard divides by a listing's page size and hands its page to Redis
+    as a range: 0, or a number past Redis's integers, would be a 500."""
+    if request.endpoint == f"{BLUEPRINT}.list_jobs":
+        for name in ("per_page", "page"):
+            value = request.view_args.get(name, "")
+            if not (value.isdigit() and 0 < int(value) <= _MOST_PAGES):
+                return _bad_link(None)
+    return None
 
 
 def _not_now(error: InvalidJobOperation):

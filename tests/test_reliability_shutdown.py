@@ -5,13 +5,15 @@ Scaled down: SHUTDOWN_GRACE=1 s and SIGKILL at 3 s instead of 25 s and 30 s
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 import uuid
 
 import pytest
 
-from tests import chaos
+from tests import chaos, processes
 from tests.conftest import wait_for
 
 
@@ -111,11 +113,6 @@ def test_heroku_restarts_at_production_timing(connection, settings, redis_url, t
 def test_a_worker_stopped_while_it_starts_stops_cleanly_and_leaves_no_process(connection, redis_url, tmp_path):
     """SIGTERM the moment the worker has forked RQ's scheduler, before its first
     job: it stops as on any SIGTERM, its scheduler with it, and says so."""
-    import os
-    import sys
-
-    from tests import processes
-
     log = tmp_path / "worker.log"
     env = processes.process_env(redis_url, SIGTERM_WHILE_STARTING="1")
     with processes.running([sys.executable, "-m", "tests.misbehaving_worker"], env, log) as worker:
@@ -130,8 +127,6 @@ def test_a_worker_stopped_while_it_starts_stops_cleanly_and_leaves_no_process(co
 
 
 def _group_alive(group: int) -> bool:
-    import os
-
     try:
         os.killpg(group, 0)
     except ProcessLookupError:

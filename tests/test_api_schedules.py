@@ -116,6 +116,24 @@ def test_delete_removes_it(client, connection):
     assert connection.dbsize() == 0
 
 
+def test_a_delete_leaves_a_schedule_the_scheduler_declared_while_it_was_checked(client, connection, settings, monkeypatch):
+    from service.api import schedules as api
+
+    client.put("/schedules/report", json=DAILY)
+    checked = api._refuse_if_declared
+
+    def checked_then_declared(name, action):
+        checked(name, action)  # still a run-time schedule here
+        sync(connection, [Schedule(name="report", job="demo.tick", cron="0 9 * * *")],
+             registry=job_registry(), settings=settings, now=datetime.now(timezone.utc))
+
+    monkeypatch.setattr(api, "_refuse_if_declared", checked_then_declared)
+    response = client.delete("/schedules/report")
+    assert response.status_code == 409
+    assert "changed" in response.json["detail"]
+    assert store.get(connection, "report").source == store.DECLARED
+
+
 def test_the_last_run_of_a_tick_names_its_job_and_its_tick(client, connection):
     from service.schedules import ServiceScheduler
 

@@ -236,6 +236,46 @@ def test_entries_left_by_plain_rq_scheduler_registration_are_cleaned_up(connecti
     assert not connection.exists("rq:job:schedule-legacy")
 
 
+def followed_by(read, write):
+    """`read`, with `write` landing the moment after it: a race, made to happen every time."""
+
+    def raced(*args):
+        result = read(*args)
+        write()
+        return result
+
+    return raced
+
+
+def test_a_schedule_created_while_the_scheduler_syncs_is_not_taken_for_a_stale_entry(
+    connection, declare, clock, settings, monkeypatch
+):
+    # A POST /schedules lands just after the sync has read the names it knows, and
+    # before it looks for entries without a state record.
+    created = validate(Schedule(name="new", job="demo.tick", cron="* * * * *"), registry=job_registry(), settings=settings)
+    post = lambda: store.save(connection, created, source=store.API, now=clock())  # noqa: E731
+    monkeypatch.setattr(store, "names", followed_by(store.names, post))
+    report = declare()
+    assert report.removed == []
+    assert store.get(connection, "new") is not None
+    assert connection.zscore(store.SCHEDULED, template_id("new")) is not None
+    assert connection.exists("rq:job:" + template_id("new"))
+
+
+def test_a_schedule_replaced_over_the_api_while_the_scheduler_syncs_is_kept(connection, declare, clock, settings, monkeypatch):
+    declare(Schedule(name="s", job="demo.tick", cron="0 9 * * *"))
+    # The file no longer declares `s`; a PUT makes it a run-time schedule between
+    # the sync's read and its removal of undeclared ones.
+    replacement = validate(Schedule(name="s", job="demo.tick", cron="*/5 * * * *"), registry=job_registry(), settings=settings)
+    put = lambda: store.save(connection, replacement, source=store.API, now=clock())  # noqa: E731
+    monkeypatch.setattr(store, "all_schedules", followed_by(store.all_schedules, put))
+    report = declare()
+    assert report.removed == []
+    stored = store.get(connection, "s")
+    assert stored.source == store.API and stored.definition["cron"] == "*/5 * * * *"
+    assert stored.next_tick is not None
+
+
 def fire_every(scheduler: ServiceScheduler, clock: Clock, until: datetime, step: timedelta) -> None:
     while clock.now < until:
         clock.now = min(clock.now + step, until)

@@ -162,11 +162,17 @@ def run_schedule(name: str):
 
 @bp.delete("/schedules/<name>")
 @bp.output({}, status_code=204)
-@bp.doc(summary="Delete a run-time schedule (jobs it queued stay)", responses={404: "No such schedule", 409: "Declared in the schedules file"})
+@bp.doc(summary="Delete a run-time schedule (jobs it queued stay)",
+        responses={404: "No such schedule", 409: "Declared in the schedules file, or changed while being deleted"})
 def delete_schedule(name: str):
-    _stored_or_404(name)
+    stored = _stored_or_404(name)
     _refuse_if_declared(name, "delete")
-    store.delete(service("redis"), name)
+    # As read: a schedule the scheduler declared (or a PUT replaced) since is not deleted unseen.
+    outcome = store.delete(service("redis"), name, revision=stored.revision)
+    if outcome == store.ABSENT:
+        raise _not_found(name)
+    if outcome == store.CHANGED:
+        raise problem(409, f"Schedule {name!r} changed while it was being deleted; read it and try again.")
     return ""
 
 

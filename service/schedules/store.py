@@ -312,15 +312,39 @@ def resume(connection: Redis, name: str, *, now: datetime) -> bool:
     return found["yes"]
 
 
-def delete(connection: Redis, name: str) -> bool:
-    """Remove the schedule; jobs its ticks already enqueued stay. False if there was none."""
-    with connection.pipeline() as pipe:
-        pipe.delete(state_key(name))
-        pipe.delete(template_key(name))
-        pipe.zrem(SCHEDULED, template_id(name))
-        pipe.srem(NAMES, name)
-        existed, *_ = pipe.execute()
-    return bool(existed)
+# Delete a schedule only if it is still as it was read: a sync or a DELETE
+# that read it a moment ago must not remove what a PUT wrote in between.
+_DELETE = """
+-- KEYS: 1 state, 2 job record, 3 scheduled set, 4 names
+-- ARGV: 1 member, 2 name, 3 condition: '' none, 'unrecorded' (only while there is no state
+--       record), or the revision the state must still have
+if ARGV[3] == 'unrecorded' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+elseif ARGV[3] ~= '' then
+  if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[3] then return -1 end
+end
+local existed = redis.call('DEL', KEYS[1])
+existed = existed + redis.call('DEL', KEYS[2]) + redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[2])
+return existed
+"""
+
+#: `delete`'s answers.
+DELETED, ABSENT, CHANGED = "deleted", "absent", "changed"
+
+
+def delete(connection: Redis, name: str, *, revision: int | None = None, unrecorded: bool = False) -> str:
+    """Remove the schedule; jobs its ticks already enqueued stay.
+
+    With `revision`, only while the schedule is still at that revision; with
+    `unrecorded`, only an entry without a state record (one an earlier version
+    registered). DELETED, ABSENT (nothing was there) or CHANGED (left alone).
+    """
+    condition = "unrecorded" if unrecorded else "" if revision is None else str(revision)
+    script = connection.register_script(_DELETE)
+    removed = script(keys=[state_key(name), template_key(name), SCHEDULED, NAMES],
+                     args=[template_id(name), name, condition])
+    return CHANGED if removed < 0 else DELETED if removed else ABSENT
 
 
 def run_now(connection: Redis, name: str, *, now: datetime) -> ServiceJob | None:

@@ -59,15 +59,17 @@ def sync(
             log.warning("declared schedule %s replaces the run-time schedule of that name", schedule.name)
     wanted = {schedule.name for schedule in valid}
     for stored in store.all_schedules(connection):
+        # A schedule changed since it was read (a PUT made it a run-time one) stays.
         if stored.source == store.DECLARED and stored.name not in wanted:
-            store.delete(connection, stored.name)
-            report.removed.append(stored.name)
+            if store.delete(connection, stored.name, revision=stored.revision) == store.DELETED:
+                report.removed.append(stored.name)
     # Schedules registered by earlier versions: an rq-scheduler entry without a state record.
     known = store.names(connection)
     for job in connection.zrange(store.SCHEDULED, 0, -1):
         name = name_of(job.decode())
+        # Not if its state record was written since `known` was read (a POST /schedules).
         if name is not None and name not in known:
-            store.delete(connection, name)
-            report.removed.append(name)
+            if store.delete(connection, name, unrecorded=True) == store.DELETED:
+                report.removed.append(name)
     return report
 

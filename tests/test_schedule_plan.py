@@ -64,3 +64,15 @@ def test_per_second_ticks_late_within_grace_all_run():
     decision = plan(every_second, due=at(9), now=at(9, 0, 3), missed="skip")
     assert decision.run == [at(9), at(9, 0, 1), at(9, 0, 2), at(9, 0, 3)]
     assert decision.next == at(9, 0, 4)
+
+
+def test_on_time_ticks_beyond_one_looks_limit_run_in_the_next_look_not_dropped():
+    every_second = Cron("* * * * * * *", "UTC")
+    # SCHEDULER_INTERVAL=60 gives a grace of 120 s: 121 on-time ticks, 100 a look.
+    first = plan(every_second, due=at(9), now=at(9, 2), missed="skip", grace=120, limit=100)
+    assert first.run == list(range(at(9), at(9, 1, 40)))
+    assert first.next == at(9, 1, 40)
+    second = plan(every_second, due=first.next, now=at(9, 2), missed="skip", grace=120, limit=100)
+    assert second.run == list(range(at(9, 1, 40), at(9, 2) + 1))
+    assert second.next == at(9, 2, 1)
+    assert first.dropped == second.dropped == 0

@@ -276,6 +276,14 @@ def test_a_schedule_replaced_over_the_api_while_the_scheduler_syncs_is_kept(conn
     assert stored.next_tick is not None
 
 
+def test_every_on_time_tick_of_a_long_look_is_queued_however_many(connection, declare, clock):
+    declare(Schedule(name="each-second", job="demo.tick", cron="* * * * * * *", missed="skip"))
+    scheduler = ServiceScheduler(connection, clock=clock, interval=60)  # a grace of 120 s
+    clock.advance(seconds=120)  # 120 ticks came due, all still on time
+    assert scheduler.enqueue_jobs() == 120
+    assert len(set(queued(connection))) == 120
+
+
 def fire_every(scheduler: ServiceScheduler, clock: Clock, until: datetime, step: timedelta) -> None:
     while clock.now < until:
         clock.now = min(clock.now + step, until)

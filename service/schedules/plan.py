@@ -17,7 +17,8 @@ from .cron import Cron
 
 #: Seconds a tick may be late and still count as on time.
 GRACE = 60
-#: Most runs one schedule gets from a single look (policy `all`, or a long stall).
+#: Most runs one schedule gets from a single look (policy `all`, or a long stall);
+#: on-time ticks beyond it run in the next look.
 CATCH_UP_LIMIT = 100
 
 
@@ -44,7 +45,10 @@ def plan(cron: Cron, due: int, now: int, missed: str, *, grace: int = GRACE, lim
             late = [last] if last is not None else []
     run = late + on_time
     dropped = max(0, _count_missed(cron, due, on_time_from - 1) - len(late))
-    return Plan(run=run, next=cron.next_tick(now), dropped=dropped)
+    # More on-time ticks than one look runs (per-second ticks, a long grace): the
+    # rest are due at once and run in the next look, not dropped.
+    after = on_time[-1] if len(on_time) == limit else now
+    return Plan(run=run, next=cron.next_tick(after), dropped=dropped)
 
 
 def _count_missed(cron: Cron, start: int, end: int) -> int:

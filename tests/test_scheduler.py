@@ -402,6 +402,25 @@ def test_a_schedule_that_cannot_fire_is_paused_with_its_error(connection, declar
     assert broken.paused and "InvalidCron" in broken.error
 
 
+def test_a_parked_schedule_runs_again_once_it_is_replaced_but_a_paused_one_stays_paused(
+    connection, declare, scheduler, clock
+):
+    declare(Schedule(name="s", job="demo.tick", cron="0 9 * * *"), Schedule(name="held", job="demo.tick", cron="0 9 * * *"))
+    store.pause(connection, "held")
+    connection.hset(store.state_key("s"), "definition", '{"cron": "not cron", "timezone": "UTC"}')
+    clock.advance(seconds=30)
+    scheduler.enqueue_jobs()
+    assert store.get(connection, "s").paused
+    declare(Schedule(name="s", job="demo.tick", cron="0 10 * * *"), Schedule(name="held", job="demo.tick", cron="0 10 * * *"))
+    fixed, held = store.get(connection, "s"), store.get(connection, "held")
+    assert (fixed.paused, fixed.error) == (False, None)
+    assert fixed.next_tick == int(datetime(2025, 1, 6, 10, tzinfo=UTC).timestamp())
+    assert held.paused and held.next_tick is None
+    clock.advance(hours=1)
+    assert scheduler.enqueue_jobs() == 1
+    assert queued(connection) == ["schedule-s-20250106T100000Z"]
+
+
 def test_jobs_enqueued_at_a_time_through_rq_scheduler_move_once(connection, scheduler, clock):
     scheduler.enqueue_at(datetime(2025, 1, 6, 9, 0, 0), "jobs.demo.add", 1, 2, queue_name="low")
     assert scheduler.enqueue_jobs() == 0

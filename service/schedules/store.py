@@ -152,7 +152,8 @@ class Saved:
 
 
 def save(connection: Redis, valid: ValidSchedule, *, source: str, now: datetime) -> Saved:
-    """Create or replace the schedule `valid.name`, keeping its pause and last run.
+    """Create or replace the schedule `valid.name`, keeping its pause and last run
+    (a schedule parked by the scheduler for an error is resumed).
 
     The next tick is kept when the cron expression and zone are unchanged (so a
     restart neither fires a tick again nor forgets a missed one); otherwise it is
@@ -216,7 +217,9 @@ def _plan_write(valid: ValidSchedule, old: dict[str, str], score, *, source: str
     """The write script's arguments for `valid` over the state `old`, and what it will leave."""
     definition = valid.definition()
     old_definition = json.loads(old["definition"]) if old.get("definition") else None
-    paused = old.get("paused") == "1"
+    # A pause is kept; a schedule the scheduler parked (paused with an error, as
+    # it could not fire) runs again once replaced: the replacement is the fix.
+    paused = old.get("paused") == "1" and not old.get("error")
     last_tick = int(old["last_tick"]) if old.get("last_tick") else None
     if old_definition is not None and _timing(old_definition) == _timing(definition) and score is not None:
         next_tick: int | None = int(score)

@@ -104,3 +104,15 @@ def test_a_running_job_can_be_stopped(client, worker_process):
     assert retried.json["status"] == "queued"
     # The retry would sleep for a minute: stop it, so the worker stops at once.
     assert client.delete(f"/jobs/{job_id}").json["status"] in ("canceled", "stopping")
+
+
+def test_a_job_that_keeps_no_result_still_answers_its_long_poll_and_its_stream_when_it_ends(client, worker_process):
+    job_id = post(client, {"job": "demo.sleep", "args": [0.3], "result_ttl": 0})
+    response = client.get(f"/jobs/{job_id}?wait=30")
+    assert response.status_code == 200, response.json
+    assert (response.json["status"], response.json["result"]) == ("finished", None)
+
+    job_id = post(client, {"job": "demo.sleep", "args": [0.3], "result_ttl": 0})
+    events = read_events(client.get(f"/jobs/{job_id}/events"))
+    assert [data["status"] for _, data in events][-1] == "finished"
+    assert client.get(f"/jobs/{job_id}").status_code == 404  # its record went with it, as asked

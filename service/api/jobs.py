@@ -146,7 +146,9 @@ def get_job(job_id: str, query: WaitQuery):
             if event is None:
                 break
             if event.get("event") == "status":
-                view = describe(_job_or_404(job_id), service("registry"))
+                view = _after(view, event, service("redis"))
+                if view is None:
+                    raise _no_job(job_id)
         return _answer(JobOut, view)
 
 
@@ -179,9 +181,8 @@ def job_events(job_id: str):
                 elif event.get("event") == "progress":
                     yield _sse("progress", Progress, event["progress"])
                 elif event.get("event") == "status":
-                    try:
-                        view = describe(fetch_job(job_id, connection), registry)
-                    except NoSuchJobError:
+                    view = _after(view, event, connection)
+                    if view is None:
                         return
                     yield _sse("status", JobOut, view)
                     if view["status"] in TERMINAL:
@@ -243,11 +244,28 @@ def _json(schema: type[BaseModel], view: dict) -> str:
         return json.dumps(answer.model_dump(mode="json", by_alias=True))
 
 
+def _after(view: dict, event: dict, connection) -> dict | None:
+    """The job as it is after a status event; None if its record is gone for another reason.
+
+    A job that keeps no result (`result_ttl: 0`) is deleted as it ends, so its
+    last state is the one the event tells, over the last one seen.
+    """
+    try:
+        return describe(fetch_job(view["id"], connection), service("registry"))
+    except NoSuchJobError:
+        status = event.get("status")
+        return {**view, "status": status, "position": None} if status in TERMINAL else None
+
+
 def _job_or_404(job_id: str) -> ServiceJob:
     try:
         return fetch_job(job_id, service("redis"))
     except NoSuchJobError:
-        raise problem(404, f"No job {job_id!r}: it never existed or its record has expired.") from None
+        raise _no_job(job_id) from None
+
+
+def _no_job(job_id: str):
+    return problem(404, f"No job {job_id!r}: it never existed or its record has expired.")
 
 
 def _sse(event: str, schema: type[BaseModel], data: dict) -> str:

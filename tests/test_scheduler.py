@@ -284,6 +284,16 @@ def test_every_on_time_tick_of_a_long_look_is_queued_however_many(connection, de
     assert len(set(queued(connection))) == 120
 
 
+def test_ticks_of_a_job_with_a_concurrency_limit_take_slots_like_any_enqueue(connection, declare, scheduler, clock, monkeypatch):
+    monkeypatch.setenv("HTTP_HOST_CONCURRENCY", "1")  # read where jobs are enqueued: here
+    declare(Schedule(name="hook", job="http.request", kwargs={"url": "http://example.com/x"}, cron="* * * * *", missed="all"))
+    clock.advance(minutes=3)  # 09:00 and 09:01 missed, 09:02 on time: all three run
+    assert scheduler.enqueue_jobs() == 3
+    ticks = [tick_id("hook", int(datetime(2025, 1, 6, 9, minute, tzinfo=UTC).timestamp())) for minute in range(3)]
+    assert queued(connection) == ticks[:1]
+    assert [fetch_job(tick, connection).get_status().value for tick in ticks] == ["queued", "rate_limited", "rate_limited"]
+
+
 def fire_every(scheduler: ServiceScheduler, clock: Clock, until: datetime, step: timedelta) -> None:
     while clock.now < until:
         clock.now = min(clock.now + step, until)

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from redis import Redis
 from rq.job import JobStatus
+from rq.rate_limit import RateLimitRegistry
 from rq.scripts import acquire_or_refresh_lock, release_lock
 from rq_scheduler import Scheduler
 
@@ -62,7 +63,8 @@ def utc_now() -> datetime:
 _FIRE = """
 -- KEYS: 1 scheduled set, 2 schedule state, 3 queue, 4 set of queues, 5 job index, 6.. job records
 -- ARGV: 1 member, 2 score it must still have, 3 revision it must still have ('' = any),
---       4 next score ('' = leave the set), 5 'L' or 'R' (queue end), 6 job ttl (<= 0: none),
+--       4 next score ('' = leave the set), 5 'L' or 'R' (queue end), or 'W': KEYS[3] is the
+--       job's concurrency limit's waiting set (rq.rate_limit), 6 job ttl (<= 0: none),
 --       7 'new' (write only absent records) or 'move' (rewrite the record),
 --       8 number of jobs, then per job: id, index score, field count, fields...,
 --       then the number of state values, then the state values (field, value, ...)
@@ -79,13 +81,14 @@ for n = 1, tonumber(ARGV[8]) do
     if ARGV[7] == 'move' then redis.call('DEL', key) end
     redis.call('HSET', key, unpack(ARGV, at + 3, at + 2 + count))
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    if ARGV[5] == 'L' then redis.call('LPUSH', KEYS[3], id) else redis.call('RPUSH', KEYS[3], id) end
+    if ARGV[5] == 'W' then redis.call('ZADD', KEYS[3], indexed, id)
+    elseif ARGV[5] == 'L' then redis.call('LPUSH', KEYS[3], id) else redis.call('RPUSH', KEYS[3], id) end
     redis.call('ZADD', KEYS[5], indexed, id)
     written = written + 1
   end
   at = at + 3 + count
 end
-if written > 0 then redis.call('SADD', KEYS[4], KEYS[3]) end
+if written > 0 and ARGV[5] ~= 'W' then redis.call('SADD', KEYS[4], KEYS[3]) end
 if ARGV[4] == '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 else
@@ -165,6 +168,7 @@ class ServiceScheduler(Scheduler):
 
     def _fire(self, due: list[tuple[str, int]], records, now: datetime) -> int:
         """Fire what was read; an entry changed since is left alone (its script finds it moved)."""
+        self._fired: list[int] = []
         with self.connection.pipeline(transaction=False) as pipe:
             for (member, score), (state, record) in zip(due, records):
                 name = name_of(member)
@@ -178,12 +182,13 @@ class ServiceScheduler(Scheduler):
                 except Exception as error:  # one broken schedule must not stop the others
                     log.exception("schedule entry %s cannot fire", member)
                     self._park(pipe, member, score, name, f"{type(error).__name__}: {error}")
+            fired = set(self._fired)  # the fire scripts' places among the pipeline's replies
             results = pipe.execute(raise_on_error=False)
         enqueued = 0
-        for result in results:
+        for index, result in enumerate(results):
             if isinstance(result, Exception):
                 log.error("firing a schedule failed: %s", result)
-            elif result > 0:
+            elif index in fired and result > 0:
                 enqueued += result
         return enqueued
 
@@ -234,10 +239,19 @@ class ServiceScheduler(Scheduler):
         self._call(pipe, member, due, "", None, [], "new", values, name)
 
     def _call(self, pipe, member, due, revision, next_tick, jobs, mode, values, name) -> None:
-        queue = jobs[0].origin if jobs else "default"
+        queue = ServiceQueue.redis_queue_namespace_prefix + (jobs[0].origin if jobs else "default")
+        limit = RateLimitRegistry.from_job(jobs[0]) if jobs and jobs[0].has_rate_limit else None
+        if limit is not None:
+            # A job with a concurrency limit waits for a slot as RQ's own enqueue
+            # has it wait: written `rate_limited`, then promoted by RQ's script
+            # (sent with this one) if a slot is free, else when one is released.
+            limit.register(jobs[0].rate_limit_concurrency, pipe)
+            pipe.sadd(ServiceQueue.redis_queues_keys, queue)
+            for job in jobs:
+                job._status = JobStatus.RATE_LIMITED
         args: list[Any] = [
             member, due, revision, "" if next_tick is None else next_tick,
-            "L" if jobs and jobs[0].enqueue_at_front else "R",
+            "W" if limit else "L" if jobs and jobs[0].enqueue_at_front else "R",
             (jobs[0].ttl or 0) if jobs else 0,
             mode, len(jobs),
         ]
@@ -249,12 +263,15 @@ class ServiceScheduler(Scheduler):
         keys = [
             self.scheduled_jobs_key,
             store.state_key(name) if name else store.STATE_PREFIX,
-            ServiceQueue.redis_queue_namespace_prefix + queue,
+            limit.rate_limited_key if limit else queue,
             ServiceQueue.redis_queues_keys,
             job_index.KEY,
             *(job.key for job in jobs),
         ]
+        self._fired.append(len(pipe))
         self._fire_script(keys=keys, args=args, client=pipe)
+        if limit is not None:
+            limit.acquire_and_enqueue(jobs[0].rate_limit_concurrency, pipeline=pipe)
 
     # -- the lock: an economy, never what keeps a tick single -----------------------
 

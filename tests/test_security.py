@@ -96,6 +96,22 @@ def test_a_job_that_declares_the_admin_scope_needs_it(anonymous, connection):
     assert scopes["maintenance.cleanup"] == "admin" and scopes["demo.add"] == "enqueue"
 
 
+def test_depending_on_other_jobs_takes_the_read_scope(anonymous, connection):
+    """A 422 for an unknown or failed dependency tells of other jobs: a token that
+    may not read them learns nothing from one, whether the job named exists or not."""
+    existing = anonymous.post("/jobs", headers=bearer(SCOPED_TOKENS["enqueue"]), json={"job": "demo.add", "args": [1, 2]})
+    before = stored_keys(connection)
+    answers = [
+        anonymous.post("/jobs", headers=bearer(SCOPED_TOKENS["enqueue"]),
+                       json={"job": "demo.add", "args": [1, 2], "depends_on": [job_id]})
+        for job_id in (existing.json["id"], "no-such-job")
+    ]
+    assert [answer.status_code for answer in answers] == [403, 403]
+    assert answers[0].json["detail"] == answers[1].json["detail"]
+    assert "'read' scope" in answers[0].json["detail"]
+    assert stored_keys(connection) == before
+
+
 def test_attaching_another_jobs_file_to_an_email_takes_the_read_scope(anonymous, connection):
     """An email may carry another job's report; a token that may not download it
     may not mail it to itself either."""

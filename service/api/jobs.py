@@ -70,7 +70,10 @@ def create_job(body: enqueuing.JobRequest):
     settings, connection, registry = found["settings"], found["redis"], found["registry"]
     try:
         prepared = enqueuing.prepare(body, registry=registry, settings=settings)
-        for scope in prepared.spec.scopes(prepared.args, prepared.kwargs):
+        scopes = prepared.spec.scopes(prepared.args, prepared.kwargs)
+        if body.depends_on:
+            scopes += ("read",)  # its answer tells whether the jobs named exist, and how they ended
+        for scope in scopes:
             if not token.allows(scope):
                 raise problem(403, f"Enqueueing {body.job} as asked takes the {scope!r} scope, "
                               "which this token lacks.", title="Forbidden")

@@ -180,6 +180,10 @@ class ReliableWorker(ServiceWorker):
     def _run_executor(self, burst: bool) -> tuple[int, bool]:
         """Fork an executor, heartbeat for it until it exits, settle the job it left; its exit code."""
         current = executor.CurrentJob()
+        # A new executor counts its runs from 0 again: a job it runs must not be
+        # taken for the same run of that job under the last executor (a retry),
+        # whose execution the supervisor would go on heartbeating instead.
+        self._running_cache = None
         exited_r, exited_w = os.pipe()  # EOF on `exited_r` when the executor is gone
         # What exists now (RQ, the job modules) lives as long as the executor: out of
         # the collector's sight, its pages stay shared instead of being copied when a
@@ -311,6 +315,18 @@ class ReliableWorker(ServiceWorker):
             working = (now() - job.started_at).total_seconds()
             if working > job.timeout + 60:
                 self._kill_executor(f"the job ran {working:.0f}s and did not stop at its timeout ({job.timeout}s)")
+
+    def get_current_job_id(self) -> str | None:
+        """The executor's job, as it says itself. RQ's answer comes from the
+        executions it read from Redis at its first look and then kept, so a stop
+        (`DELETE /jobs/<id>`) of any later job was ignored as not running here."""
+        current = self._current
+        return (current.get() or None) if current is not None else None
+
+    def kill_horse(self, *args, **kwargs) -> None:
+        # Between two executors there is none: RQ's would signal this process's own group.
+        if self._horse_pid:
+            super().kill_horse(*args, **kwargs)
 
     def _kill_executor(self, reason: str) -> None:
         self._kill_reason = reason

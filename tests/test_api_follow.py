@@ -106,6 +106,14 @@ def test_a_running_job_can_be_stopped(client, worker_process):
     assert client.delete(f"/jobs/{job_id}").json["status"] in ("canceled", "stopping")
 
 
+def test_a_worker_stops_every_job_it_is_asked_to_not_only_its_first(client, worker_process):
+    for _ in range(3):
+        job_id = post(client, {"job": "demo.sleep", "args": [60], "retry": {"max": 0}})
+        wait_for(lambda: client.get(f"/jobs/{job_id}").json["status"] == "started", what="the job to start")
+        assert client.delete(f"/jobs/{job_id}").json["status"] == "stopping"
+        assert client.get(f"/jobs/{job_id}?wait=30").json["status"] == "stopped"
+
+
 def test_a_job_that_keeps_no_result_still_answers_its_long_poll_and_its_stream_when_it_ends(client, worker_process):
     job_id = post(client, {"job": "demo.sleep", "args": [0.3], "result_ttl": 0})
     response = client.get(f"/jobs/{job_id}?wait=30")

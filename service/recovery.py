@@ -41,6 +41,7 @@ from redis.exceptions import WatchError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.rate_limit import release_slot
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, parse_composite_key
@@ -183,6 +184,10 @@ def requeue(
     if give_up:
         metrics.record_failed(connection, fields["job"])
         logs.event(log, "job.failed", level=logging.WARNING, **fields, reason=exc_string)
+        try:
+            release_slot(job)  # its concurrency slot, as RQ's own failure paths do
+        except Exception:
+            log.exception("could not release the concurrency slot of %s", job.id)
         try:
             Queue(job.origin, connection=connection, job_class=type(job), serializer=job.serializer).enqueue_dependents(job)
         except Exception:

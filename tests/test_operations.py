@@ -204,6 +204,20 @@ def test_a_sweep_requeues_the_job_of_a_dead_worker_then_fails_it_if_it_keeps_kil
     assert not connection.zrange("rq:wip:default", 0, -1)
 
 
+def test_a_job_failed_for_killing_its_workers_gives_its_concurrency_slot_to_the_next(
+    client, settings, connection, monkeypatch
+):
+    monkeypatch.setenv("HTTP_HOST_CONCURRENCY", "1")  # read where jobs are enqueued: here
+    call = {"job": "http.request", "kwargs": {"url": "http://example.com/x"}}
+    first, waiting = (client.post("/jobs", json=call).json["id"] for _ in range(2))
+    assert client.get(f"/jobs/{waiting}").json["status"] == "rate_limited"
+    no_second_chance = replace(settings, job_max_abandons=0)
+    _claimed_by_a_worker_that_then_dies(no_second_chance, connection, first)
+    sweeper = recovery.Recovery(connection, no_second_chance, job_class=ServiceJob, queue_class=ServiceQueue)
+    assert sweeper.sweep(force=True).failed == [first]
+    assert client.get(f"/jobs/{waiting}").json["status"] == "queued"
+
+
 def test_rq_cleaning_its_registries_long_after_a_worker_died_leaves_its_job_to_recovery(
     client, settings, connection
 ):

@@ -13,6 +13,8 @@ import time
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.scheduler import RQScheduler
 
+from .executor import die_with_parent
+
 
 class PromptRQScheduler(RQScheduler):
     def __init__(self, *args, poll: float = 1.0, **kwargs):
@@ -20,6 +22,9 @@ class PromptRQScheduler(RQScheduler):
         self.poll = poll
 
     def work(self) -> None:
+        # Killed with its worker (SIGKILL included), as the executor is: an orphan
+        # would go on holding the scheduler locks and writing its records.
+        die_with_parent()
         self._install_signal_handlers()
         self.register_birth()
         last_beat = 0.0

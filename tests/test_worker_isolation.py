@@ -5,15 +5,19 @@ allowed to run `tests.misbehaving_jobs`) against the test Redis.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import time
 import uuid
 
+import psutil
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from service.queues import ServiceJob, fetch_job
+from service.worker import build_worker
 from tests import chaos, processes
 from tests.conftest import wait_for
 
@@ -101,3 +105,35 @@ def test_a_worker_stopped_while_its_executor_starts_stops_at_once(redis_url, con
     assert worker.returncode == 0
     assert seconds < 15, f"stopped after {seconds:.1f} s: the executor missed the SIGTERM"
     assert [event["event"] for event in chaos.log_events(log)][-1] == "worker.stopped"
+
+
+def test_a_new_executor_is_not_taken_for_the_last_ones_run_of_the_same_job(settings, connection):
+    """Each executor numbers its runs from the start. A retry that is the first job
+    of the next executor (WORKER_MAX_JOBS recycles one after each job) must not be
+    taken for the last executor's run of that job: the supervisor would heartbeat
+    the old, ended execution, and recovery would requeue the running retry to
+    another worker, running it twice at once."""
+    worker = build_worker(settings)
+    worker.register_birth()
+    try:
+        worker._running_cache = (((2, "a-retried-job"), ("its last run", "its ended execution")))
+        worker._run_executor(burst=True)  # a new executor; the queues are empty, so it exits at once
+        assert worker._running(job_id="a-retried-job", run=2) is None  # not claimed by this executor
+    finally:
+        worker.register_death()
+
+
+def test_a_killed_worker_leaves_no_scheduler_process_behind(worker_process, connection):
+    supervisor = psutil.Process(worker_process.pid)
+    # RQ's scheduler: the child that stays in the worker's process group (the executor leads its own).
+    scheduler = wait_for(
+        lambda: next((child for child in supervisor.children() if os.getpgid(child.pid) == os.getpgid(supervisor.pid)), None),
+        what="the worker's scheduler process",
+    )
+    worker_process.kill()  # SIGKILL: no handler runs
+    worker_process.wait()
+    try:
+        wait_for(lambda: not scheduler.is_running() or scheduler.status() == psutil.STATUS_ZOMBIE, what="the scheduler to die")
+    finally:
+        with contextlib.suppress(psutil.Error):
+            scheduler.kill()  # an orphan must not outlive a failed test either

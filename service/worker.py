@@ -569,7 +569,12 @@ class ReliableWorker(ServiceWorker):
     def request_stop(self, signum, frame):
         """SIGTERM or SIGINT: stop after the running job, within SHUTDOWN_GRACE; again: stop it now."""
         if os.getpid() != self._main_pid:
-            return  # a work-horse between fork and its own handlers
+            # RQ's scheduler process, forked with this handler and not yet past
+            # installing its own: the signal does what it would have done there,
+            # rather than vanish and leave the worker waiting on it for ever.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         name = signal_name(signum)
         if self._shutdown_requested_date is not None:
             logs.event(log, "worker.stop_now", level=logging.WARNING, worker=self.name, signal=name)

@@ -22,10 +22,10 @@ class PromptRQScheduler(RQScheduler):
         self.poll = poll
 
     def work(self) -> None:
+        self._install_signal_handlers()
         # Killed with its worker (SIGKILL included), as the executor is: an orphan
         # would go on holding the scheduler locks and writing its records.
         die_with_parent()
-        self._install_signal_handlers()
         self.register_birth()
         last_beat = 0.0
         while True:

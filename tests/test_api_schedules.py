@@ -122,8 +122,8 @@ def test_a_delete_leaves_a_schedule_the_scheduler_declared_while_it_was_checked(
     client.put("/schedules/report", json=DAILY)
     checked = api._refuse_if_declared
 
-    def checked_then_declared(name, action):
-        checked(name, action)  # still a run-time schedule here
+    def checked_then_declared(*args):
+        checked(*args)  # still a run-time schedule here
         sync(connection, [Schedule(name="report", job="demo.tick", cron="0 9 * * *")],
              registry=job_registry(), settings=settings, now=datetime.now(timezone.utc))
 

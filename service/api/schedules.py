@@ -113,7 +113,7 @@ def put_schedule(name: str, body: ScheduleBody):
         check_name(name)
     except schedules.InvalidSchedule as error:
         raise problem(422, f"Invalid schedule name {name!r}: {error.problem}.", errors=[_error(error)]) from None
-    _refuse_if_declared(name, "replace")
+    _refuse_if_declared(name, "replace", store.get(service("redis"), name))
     schedule = schedules.Schedule(name=name, **body.model_dump())
     try:
         valid = schedules.validate(schedule, registry=service("registry"), settings=service("settings"))
@@ -166,7 +166,7 @@ def run_schedule(name: str):
         responses={404: "No such schedule", 409: "Declared in the schedules file, or changed while being deleted"})
 def delete_schedule(name: str):
     stored = _stored_or_404(name)
-    _refuse_if_declared(name, "delete")
+    _refuse_if_declared(name, "delete", stored)
     # As read: a schedule the scheduler declared (or a PUT replaced) since is not deleted unseen.
     outcome = store.delete(service("redis"), name, revision=stored.revision)
     if outcome == store.ABSENT:
@@ -191,8 +191,8 @@ def _not_found(name: str):
     return problem(404, f"No schedule called {name!r}; GET /schedules lists them.")
 
 
-def _refuse_if_declared(name: str, action: str) -> None:
-    stored = store.get(service("redis"), name)
+def _refuse_if_declared(name: str, action: str, stored: store.StoredSchedule | None) -> None:
+    """409 for a schedule that is declared (`stored` as read, or in the file)."""
     if (stored is not None and stored.source == store.DECLARED) or name in _declared_names():
         raise problem(
             409,

@@ -334,7 +334,6 @@ class ReliableWorker(ServiceWorker):
 
     def _settle(self, job_id: str, status: int) -> None:
         """The executor ended inside a job: fail it with the reason, retry or requeue it, as RQ would a work-horse."""
-        self._running_cache = None
         try:
             if job_id in self.dequeuer.held():
                 return  # never claimed: the next executor takes it first

@@ -116,7 +116,7 @@ def test_a_new_executor_is_not_taken_for_the_last_ones_run_of_the_same_job(setti
     worker = build_worker(settings)
     worker.register_birth()
     try:
-        worker._running_cache = (((2, "a-retried-job"), ("its last run", "its ended execution")))
+        worker._running_cache = ((2, "a-retried-job"), ("its last run", "its ended execution"))
         worker._run_executor(burst=True)  # a new executor; the queues are empty, so it exits at once
         assert worker._running(job_id="a-retried-job", run=2) is None  # not claimed by this executor
     finally:

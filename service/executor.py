@@ -103,7 +103,8 @@ def die_with_parent() -> None:
     """Have the kernel SIGKILL this process when its parent dies (Linux).
 
     An executor whose supervisor was killed must not run on unseen: recovery
-    gives the supervisor's jobs to other workers once its heartbeat stops.
+    gives the supervisor's jobs to other workers once its heartbeat stops. Nor
+    must RQ's scheduler process, which would go on holding the scheduler locks.
     """
     libc_name = ctypes.util.find_library("c")
     if not libc_name:

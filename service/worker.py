@@ -76,6 +76,9 @@ return 1
 
 #: Seconds between two looks of the supervisor at its executor (memory, timeout, heartbeat due).
 _TICK = 1.0
+#: Seconds between two tries at RQ's scheduler locks by a worker whose scheduler
+#: process is not running (another worker holds them, or it died).
+_SCHEDULER_LOCK_RETRY = 5.0
 
 
 class ReconnectingRQScheduler(PromptRQScheduler):
@@ -116,6 +119,8 @@ class ReliableWorker(ServiceWorker):
         self._over_memory: tuple[str, int] = ("", 0)
         self._last_beat = 0.0
         self._next_sweep = 0.0
+        self._next_lock_try = 0.0
+        self._burst = False
         kwargs.setdefault("job_monitoring_interval", max(1, int(settings.worker_heartbeat_interval)))
         super().__init__(queues, **kwargs)
         self.dequeuer = Dequeuer(self.connection, self.name)
@@ -161,6 +166,7 @@ class ReliableWorker(ServiceWorker):
         try:
             # No level: RQ would reset its loggers to it (`service.logs` keeps them at WARNING).
             self.bootstrap(logging_level)
+            self._burst = burst
             if with_scheduler:
                 self._start_scheduler(burst, logging_level)
             while not self._stop_requested:
@@ -262,6 +268,9 @@ class ReliableWorker(ServiceWorker):
             self.recovery.sweep()
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
+        if clock >= self._next_lock_try:
+            self._next_lock_try = clock + _SCHEDULER_LOCK_RETRY
+            self._take_over_scheduling()
         if running:
             self._enforce_limits(*running)
         if self._current:
@@ -270,6 +279,19 @@ class ReliableWorker(ServiceWorker):
         state = WorkerStatus.BUSY if job_id else WorkerStatus.IDLE
         if self._state != state:
             self._set_state_safely(state)
+
+    def _take_over_scheduling(self) -> None:
+        """Start RQ's scheduler process here if its locks are free (their holder died).
+
+        RQ tries again only in its maintenance, every 10 minutes: until then,
+        jobs given a time and retries waiting out a backoff would not be enqueued.
+        """
+        scheduler = self.scheduler
+        if scheduler is None or self._burst or self._stop_requested:
+            return
+        if scheduler._process is not None and scheduler._process.is_alive():
+            return
+        scheduler.acquire_locks(auto_start=True)
 
     def _running(self, job_id: str, run: int):
         """(job, execution) of the executor's job once it is claimed, else None;

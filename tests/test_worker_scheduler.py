@@ -7,10 +7,12 @@ import signal
 import time
 from datetime import datetime, timedelta, timezone
 
+import psutil
 from rq.serializers import JSONSerializer
 
 from service.queues import ServiceQueue, fetch_job
 from service.worker_scheduler import PromptRQScheduler
+from tests import chaos
 from tests.conftest import wait_for
 from worker import build_worker
 
@@ -60,3 +62,24 @@ def test_the_service_worker_runs_it(connection, settings):
     assert isinstance(worker.scheduler, PromptRQScheduler)
     assert worker.scheduler.poll == settings.scheduler_interval
     assert fetch_job(job.id, connection).get_status().value == "queued"
+
+
+def test_when_the_worker_holding_the_scheduler_locks_dies_another_takes_over(connection, redis_url, tmp_path):
+    """RQ's other workers try for the locks only every 10 minutes: until then no
+    job given a time, and no retry waiting out its backoff, would be enqueued."""
+    with chaos.worker(redis_url, tmp_path / "one.log") as one, chaos.worker(redis_url, tmp_path / "two.log") as two:
+        # Each has tried for the locks once it runs an executor.
+        wait_for(lambda: chaos.horses(one.pid) and chaos.horses(two.pid), what="both workers to be at work")
+        lock = "rq:scheduler-lock:default"
+        holder_name = wait_for(lambda: connection.get(lock), what="a worker to take the scheduler lock").decode()
+        scheduler_pid = wait_for(lambda: connection.hget(f"rq:scheduler:{holder_name}", "pid"), what="its scheduler")
+        holder = one if psutil.Process(int(scheduler_pid)).ppid() == one.pid else two
+        holder.kill()  # SIGKILL: nothing is released
+        holder.wait()
+        # The lock outlives its holder by its TTL (61 s), which this test does not wait out.
+        connection.pexpire(lock, 1)
+        queue = ServiceQueue("default", connection=connection)
+        job = queue.enqueue_at(datetime.now(timezone.utc) + timedelta(seconds=0.5), "jobs.demo.add", 1, 2)
+        wait_for(lambda: fetch_job(job.id, connection).get_status().value == "finished", timeout=20,
+                 what="the job to be enqueued by the other worker and run")
+        assert connection.get(lock).decode() != holder_name

@@ -6,7 +6,7 @@ from redis import Redis
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, cli, csrf, dashboard, json_body, problems, rate_limits, security_headers
-from .api import artifacts, health, jobs, ops, queues, schedules, ui
+from .api import artifacts, docs, health, jobs, ops, queues, schedules, ui
 from .connection import connect
 from .queues import job_registry
 from .registry import JobRegistry
@@ -41,7 +41,7 @@ def create_app(
         title="RQ Job Service",
         version="0.1.0",
         spec_path="/openapi.json",
-        docs_path="/docs",
+        docs_path=None,  # /docs is `api.docs`: Swagger UI from this origin, not a CDN
     )
     if settings.trusted_proxies:
         n = settings.trusted_proxies
@@ -64,6 +64,7 @@ def create_app(
     app.register_blueprint(queues.bp)
     app.register_blueprint(artifacts.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(schedules.bp)
     ops.init_app(app)  # /ready, /metrics, 503 when Redis fails, request logs
     dashboard.mount(app, settings)

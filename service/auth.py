@@ -23,11 +23,12 @@ from .problems import problem
 
 SCOPES = ("enqueue", "read", "admin")
 MIN_TOKEN_LENGTH = 16
-#: Endpoints anyone may call: the liveness probe of the platform, and the /ui page
-#: with its static files (they hold no data; the page asks for a token to call the API).
-PUBLIC = frozenset({"health.health", "ui.home", "ui.page", "static"})
+#: Endpoints anyone may call: the liveness probe of the platform, the /ui page
+#: with its static files, and Swagger UI's files (they hold no data; the pages
+#: ask for a token to call the API).
+PUBLIC = frozenset({"health.health", "ui.home", "ui.page", "static", "docs.asset"})
 #: Endpoints for browsers, which get a Basic challenge so the browser asks for the token.
-_BROWSER_BLUEPRINTS = frozenset({"rq_dashboard", "openapi", "ui"})
+_BROWSER_BLUEPRINTS = frozenset({"rq_dashboard", "openapi", "docs", "ui"})
 
 F = TypeVar("F", bound=Callable)
 

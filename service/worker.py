@@ -355,28 +355,44 @@ class ReliableWorker(ServiceWorker):
         self.kill_horse(signal.SIGKILL)
 
     def _settle(self, job_id: str, status: int) -> None:
-        """The executor ended inside a job: fail it with the reason, retry or requeue it, as RQ would a work-horse."""
+        """The executor ended inside a job: fail it with the reason, retry or requeue it, as RQ would a work-horse.
+
+        Through a Redis outage too, before the next executor: a job left as it
+        is would be taken by a sweep for one whose worker died, and counted
+        against JOB_MAX_ABANDONS for an outage that was no fault of its own.
+        """
+        delay = 0.25
+        while not self._settle_once(job_id, status):
+            if self._stop_requested:
+                return  # recovery settles it from the execution left in the started registry
+            self._pause(delay)
+            delay = min(delay * 2, 2.0)
+            redis_checks.wait_until_reachable(self.connection, should_stop=lambda: self._stop_requested)
+
+    def _settle_once(self, job_id: str, status: int) -> bool:
+        """One try at `_settle`; False when Redis failed it."""
         try:
             if job_id in self.dequeuer.held():
-                return  # never claimed: the next executor takes it first
+                return True  # never claimed: the next executor takes it first
             job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
             execution = self._execution_of(job_id)
             if execution is None or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
-                return  # not claimed by us, or its outcome is recorded
+                return True  # not claimed by us, or its outcome is recorded
             queue = self._queue(job.origin)
             if self._stopped_job_id == job.id:
                 self._handle_stopped_job(job, queue, execution)
-                return
+                return True
             job.ended_at = now()
             reason = self._kill_reason or "it crashed"
             exc_string = f"Work-horse terminated unexpectedly: {reason} ({_describe_exit(status)})"
             self.handle_work_horse_killed(job, 0, status, None)
             self.handle_job_failure(job, queue=queue, exc_string=exc_string, execution=execution)
         except NoSuchJobError:
-            return
+            pass
         except RedisError as error:
-            # Recovery settles it later from the execution left in the started registry.
             self._redis_trouble(error)
+            return False
+        return True
 
     # -- taking jobs (in the executor) --------------------------------------------
     def _load(self, taken: Taken):
@@ -552,7 +568,6 @@ class ReliableWorker(ServiceWorker):
         if not self.is_horse:
             horse_status, self._horse_status = self._horse_status, None
             if job.id == self._interrupted_job_id:
-                self._interrupted_job_id = None
                 recovery.requeue(
                     job,
                     reason=f"the worker was stopped ({self._stop_reason}) and the job did not finish "
@@ -561,6 +576,7 @@ class ReliableWorker(ServiceWorker):
                     worker_name=self.name,
                     execution=execution,
                 )
+                self._interrupted_job_id = None  # once written: a try Redis failed is made again
                 return
             if horse_status is not None and os.WIFEXITED(horse_status) and os.WEXITSTATUS(horse_status) == EXIT_UNRECORDED:
                 recovery.requeue(

@@ -526,3 +526,34 @@ def test_a_job_with_a_webhook_whose_write_lost_its_reply_is_queued_once(cut_clie
     assert cutter.cuts == 1
     assert answer.status_code == 202, answer.json
     assert connection.lrange("rq:queue:default", 0, -1) == [answer.json["id"].encode()], "queued once, run once"
+
+
+def test_a_job_whose_outcome_redis_could_not_take_is_requeued_not_counted_abandoned(own_redis, own_settings, tmp_path):
+    """Redis goes down while a job runs, and is still down after the executor has
+    tried to record its end for a few seconds: the worker waits for Redis and
+    requeues the job (it runs again), rather than leave it to a sweep, which
+    would count the outage against JOB_MAX_ABANDONS (0 here: fail it)."""
+    import psutil
+
+    from service.queues import ServiceQueue
+
+    client = own_redis.client()
+    log = tmp_path / "worker.log"
+    with chaos.worker(own_redis.url, log, JOB_MAX_ABANDONS="0") as worker:
+        job = ServiceQueue("default", connection=client).enqueue("jobs.demo.sleep", 1.5)
+        wait_for(lambda: chaos.statuses(client, [job.id])[job.id] == "started", what="the job to start")
+        [executor] = chaos.horses(worker.pid)
+        own_redis.kill()
+        gone = psutil.Process(executor)
+        # It ends the job, tries for 3.5 s to record that, then gives up and exits.
+        wait_for(lambda: not gone.is_running() or gone.status() == psutil.STATUS_ZOMBIE, timeout=30,
+                 what="the executor to give up on Redis")
+        own_redis.start()
+        client = own_redis.client()
+        wait_for(lambda: chaos.statuses(client, [job.id])[job.id] in ("finished", "failed"), timeout=60,
+                 what="the job to end")
+        interrupted = chaos.meta(client, job.id).get("interrupted", {})
+        assert chaos.statuses(client, [job.id])[job.id] == "finished", interrupted
+        assert interrupted.get("abandoned", 0) == 0 and interrupted.get("count") == 1, interrupted
+        assert interrupted["reason"].startswith("Redis refused to record the job's start or outcome")
+        assert worker.poll() is None

@@ -65,7 +65,25 @@ def describe(job: ServiceJob, registry: JobRegistry, *, detail: bool = True) -> 
         view["position"] = known if known is not None else job.get_position()
     if status == "scheduled":
         view["scheduled_for"] = _scheduled_for(job)
+    if status == "deferred" and job._dependency_ids:
+        view["waiting_on"] = _waiting_on(job)
     return view
+
+
+def _waiting_on(job: ServiceJob) -> list[dict[str, str]]:
+    """The job's dependencies that have not finished, with their status: one that
+    failed (or was stopped, canceled, or has expired) holds the job until it is
+    retried and finishes, and the user must see which."""
+    ids = list(job._dependency_ids)
+    with job.connection.pipeline(transaction=False) as pipe:
+        for dependency in ids:
+            pipe.hget(ServiceJob.key_for(dependency), "status")
+        statuses = pipe.execute()
+    return [
+        {"id": dependency, "status": raw.decode() if raw else "expired"}
+        for dependency, raw in zip(ids, statuses)
+        if raw != b"finished"
+    ]
 
 
 def _attempt(entry: dict[str, Any]) -> dict[str, Any]:

@@ -139,6 +139,19 @@ def test_a_job_waits_for_its_dependency(client, work):
     assert client.get(f"/jobs/{second['id']}").json["status"] == "finished"
 
 
+def test_a_job_whose_dependency_failed_names_it_and_runs_once_that_one_is_retried(client, work):
+    first = post(client, {"job": "demo.flaky", "kwargs": {"fail_times": 1}, "retry": {"max": 0}, "queue": "low"}).json["id"]
+    second = post(client, {"job": "demo.add", "args": [3, 4], "depends_on": [first]}).json["id"]
+    assert client.get(f"/jobs/{second}").json["waiting_on"] == [{"id": first, "status": "queued"}]
+    work()
+    view = client.get(f"/jobs/{second}").json
+    assert view["status"] == "deferred" and view["waiting_on"] == [{"id": first, "status": "failed"}]
+    assert client.post(f"/jobs/{first}/retry").status_code == 202
+    work()
+    view = client.get(f"/jobs/{second}").json
+    assert (view["status"], view["result"], view.get("waiting_on")) == ("finished", 7, None)
+
+
 def test_an_unknown_dependency_is_422(client, connection):
     response = post(client, {"job": "demo.add", "args": [1, 2], "depends_on": ["nope"]})
     assert response.status_code == 422

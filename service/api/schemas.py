@@ -26,6 +26,11 @@ class Progress(BaseModel):
     at: float | None = Field(None, description="Unix time of the report.")
 
 
+class Dependency(BaseModel):
+    id: str
+    status: str = Field(description="Its status, or expired when its record is gone.")
+
+
 class JobOut(BaseModel):
     id: str
     job: str = Field(examples=["demo.add"])
@@ -46,6 +51,10 @@ class JobOut(BaseModel):
     scheduled_for: str | None = Field(None, description="When a scheduled job (or its next retry) is due.")
     position: int | None = Field(None, description="Place in the queue while queued, from 0.")
     depends_on: list[str] = Field(default_factory=list)
+    waiting_on: list[Dependency] | None = Field(
+        None, description="While deferred: the jobs it depends on that have not finished (a failed one holds it "
+        "until that one is retried and finishes)."
+    )
     created_at: str | None = None
     enqueued_at: str | None = None
     started_at: str | None = None

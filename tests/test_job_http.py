@@ -190,13 +190,20 @@ def test_only_http_urls_and_sane_options_are_accepted(client, connection, kwargs
     assert connection.keys("rq:job:*") == []
 
 
+@pytest.mark.parametrize("delay", [None, 1], ids=["now", "delayed"])
 def test_a_burst_to_one_host_never_has_more_than_the_limit_in_flight(
-    client, http_server, monkeypatch, worker_processes
+    client, http_server, monkeypatch, worker_processes, delay
 ):
+    """Delayed, the burst reaches the queue through the workers' scheduler, which must keep the limit too."""
     monkeypatch.setenv("HTTP_HOST_CONCURRENCY", "2")  # read where jobs are enqueued: here
     http_server.answer("/slow", Answer(200, "done", delay=0.5))
     worker_processes(4)
-    ids = [post(client, {"job": "http.request", "args": [http_server.url("/slow")]}) for _ in range(8)]
+    body = {"job": "http.request", "args": [http_server.url("/slow")], "delay": delay}
+    ids = [post(client, {key: value for key, value in body.items() if value is not None}) for _ in range(8)]
+    if delay:
+        assert {client.get(f"/jobs/{job_id}").json["status"] for job_id in ids} == {"scheduled"}
+        wait_for(lambda: any(client.get(f"/jobs/{job_id}").json["status"] != "scheduled" for job_id in ids),
+                 what="the burst to fall due")
     statuses = {client.get(f"/jobs/{job_id}").json["status"] for job_id in ids}
     assert "rate_limited" in statuses  # the ones over the limit wait in Redis, not in a worker
 

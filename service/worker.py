@@ -39,7 +39,7 @@ import time
 import psutil
 from redis import Redis
 from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError, StopRequested
+from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.rate_limit import release_slot
@@ -495,21 +495,35 @@ class ReliableWorker(ServiceWorker):
             job.heartbeat(now(), heartbeat_ttl)
 
     def handle_job_success(self, job, queue, started_job_registry, execution):
-        # The job has run; a short Redis hiccup must not cost it a second run.
+        # The job has run; a short Redis hiccup must not cost it a second run,
+        # nor, once its outcome is written, a second record of it.
+        again = False
         for pause in (0.5, 1.0, 2.0, None):
             try:
-                if not self._record_success(job, queue, execution):
+                if again and self._written(job):
+                    release_slot(job)  # both paths end with this: what failed was this
+                elif not self._record_success(job, queue, execution):
                     super().handle_job_success(job, queue, started_job_registry, execution)
                 break
             except RedisError:
                 if pause is None:
                     os._exit(EXIT_UNRECORDED)
+                again = True
                 time.sleep(pause)
         fields = logs.job_fields(job)
         duration = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
         # Written in batches with the executor's takes (`executor.run`).
         self.finished.add(fields["job"], duration)
         logs.event(log, "job.finished", **fields, duration=duration)
+
+    @staticmethod
+    def _written(job) -> bool:
+        """Whether the job's outcome is in Redis, after an error left that unknown."""
+        try:
+            return job.get_status(refresh=True) != JobStatus.STARTED
+        except InvalidJobOperation:  # its record went with it (`result_ttl` 0)
+            job._status = JobStatus.FINISHED
+            return True
 
     def _record_success(self, job, queue, execution) -> bool:
         """RQ's `handle_job_success` in one round trip, for a job without dependents; False otherwise.

@@ -440,6 +440,38 @@ def test_a_requeue_whose_reply_was_lost_puts_the_job_back_once(client, settings,
     assert client.get(f"/jobs/{job_id}").json["interrupted"]["count"] == 1
 
 
+@pytest.mark.parametrize("result_ttl", [500, 0])
+def test_a_slot_release_whose_reply_was_lost_records_the_job_once(client, settings, connection, cut_worker,
+                                                                   http_server, monkeypatch, result_ttl):
+    """The job's outcome is written, then the release of its concurrency slot loses
+    its reply (and so does the client's retry): the worker tries the release again,
+    not the whole record of the job, which would count the run twice."""
+    import hashlib
+
+    from rq.rate_limit import RELEASE_AND_ENQUEUE_SCRIPT, RateLimitRegistry
+
+    from tests.servers import Answer
+
+    monkeypatch.setenv("HTTP_HOST_CONCURRENCY", "1")  # read where jobs are enqueued: here
+    http_server.answer("/x", Answer(200, "ok"))
+    worker, cutter, _clock = cut_worker
+    body = {"job": "http.request", "args": [http_server.url("/x")], "result_ttl": result_ttl}
+    job_id = client.post("/jobs", json=body).json["id"]
+    job, queue = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    execution = worker._claim(job)
+    connection.script_load(RELEASE_AND_ENQUEUE_SCRIPT)  # so the replies lost are the release's, not a NOSCRIPT
+    cutter.cut_reply_to(hashlib.sha1(RELEASE_AND_ENQUEUE_SCRIPT.encode()).hexdigest().encode(), times=2)
+    worker.perform_job(job, queue, execution)
+    assert cutter.cuts == 2
+    assert len(http_server.requests("/x")) == 1
+    if result_ttl:
+        assert client.get(f"/jobs/{job_id}").json["status"] == "finished"
+        assert len(job.results()) == 1, "one run, one result"
+    else:  # kept nothing, as asked: not written again either
+        assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert RateLimitRegistry.from_job(job).get_allowed_job_ids() == [], "its slot is free"
+
+
 @pytest.fixture
 def cut_client(settings, connection):
     """The API on a connection that goes through a ReplyCutter."""

@@ -58,6 +58,7 @@ SWEEP_LOCK_KEY = "rq:svc:recovery:lock"
 SHUTDOWN = "shutdown"
 ABANDONED = "abandoned"
 UNRECORDED = "unrecorded"
+STRAY_STOP = "stray_stop"
 
 
 @dataclass

@@ -231,6 +231,7 @@ class ReliableWorker(ServiceWorker):
         code = os.waitstatus_to_exitcode(status)
         if job_id:
             self._settle(job_id, status)
+        self._stopped_job_id = None  # a stop was for that executor's job, whichever it was
         if code == executor.EXIT_RECYCLE:
             logs.event(log, "worker.executor_recycled", worker=self.name, pid=pid)
         elif code not in (executor.EXIT_DONE, executor.EXIT_SUSPENDED, executor.EXIT_UNRECORDED):
@@ -381,6 +382,17 @@ class ReliableWorker(ServiceWorker):
             queue = self._queue(job.origin)
             if self._stopped_job_id == job.id:
                 self._handle_stopped_job(job, queue, execution)
+                return True
+            if self._stopped_job_id:
+                # RQ checks that the job to stop is running, then kills the
+                # executor: the job ended in between, and this one had begun.
+                recovery.requeue(
+                    job,
+                    reason=f"its executor was killed to stop job {self._stopped_job_id}, which had just ended",
+                    kind=recovery.STRAY_STOP,
+                    worker_name=self.name,
+                    execution=execution,
+                )
                 return True
             job.ended_at = now()
             reason = self._kill_reason or "it crashed"

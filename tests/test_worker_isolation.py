@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -137,3 +138,40 @@ def test_a_killed_worker_leaves_no_scheduler_process_behind(worker_process, conn
     finally:
         with contextlib.suppress(psutil.Error):
             scheduler.kill()  # an orphan must not outlive a failed test either
+
+
+def test_a_stop_that_reaches_the_executor_after_its_job_ended_puts_the_next_one_back(settings, connection):
+    """RQ's stop checks that the job runs, then kills the executor. If that job ends
+    in between and the next one begins, the next one is killed: it goes back to the
+    front of its queue, rather than fail as if it had crashed."""
+    from rq.command import handle_stop_job_command
+
+    queue = Queue("default", connection=connection, serializer=JSONSerializer, job_class=ServiceJob)
+    first = queue.enqueue("jobs.demo.sleep", 0.3)
+    second = queue.enqueue("jobs.demo.sleep", 30)
+    worker = build_worker(settings)
+    worker.register_birth()
+    kill = worker.kill_horse
+
+    def kill_once_the_next_job_runs(*args, **kwargs):  # the race, made to happen every time
+        wait_for(lambda: worker._current.get() == second.id, what="the next job to start")
+        kill(*args, **kwargs)
+
+    worker.kill_horse = kill_once_the_next_job_runs
+
+    def stop_the_first():
+        wait_for(lambda: worker._current is not None and worker._current.get() == first.id, what="the first job")
+        handle_stop_job_command(worker, {"job_id": first.id})
+
+    stopper = threading.Thread(target=stop_the_first)
+    stopper.start()
+    try:
+        worker._run_executor(burst=True)
+    finally:
+        stopper.join()
+        worker.register_death()
+    assert fetch_job(first.id, connection).get_status().value == "finished"
+    put_back = fetch_job(second.id, connection)
+    assert put_back.get_status().value == "queued", _failure(connection, second.id)
+    assert put_back.meta["interrupted"]["reason"] == f"its executor was killed to stop job {first.id}, which had just ended"
+    assert connection.lrange("rq:queue:default", 0, -1) == [second.id.encode()]

@@ -88,7 +88,7 @@ class ServiceJob(Job):
 
     def restore(self, raw_data) -> None:
         super().restore(raw_data)
-        known = raw_data.get(b"webhook") or raw_data.get("webhook")
+        known = raw_data.get(b"webhook", raw_data.get("webhook"))  # "" (none) is an answer too
         self.has_webhook = None if known is None else known in (b"1", "1")
 
     @property

@@ -61,6 +61,15 @@ def test_a_failed_job_posts_its_error(client, work, http_server):
     assert event["data"]["error"]["message"] == "boom"
 
 
+def test_a_worker_learns_from_the_record_alone_that_no_webhook_waits(client, connection):
+    """So it does not ask Redis again for every job it runs."""
+    from service.queues import ServiceJob
+
+    job_id = post(client, {"job": "demo.add", "args": [1, 2]})
+    assert connection.hget(f"rq:job:{job_id}", "webhook") == b""
+    assert ServiceJob.fetch(job_id, connection=connection).has_webhook is False
+
+
 def test_a_job_whose_record_does_not_say_whether_a_webhook_waits_still_posts(client, work, http_server, connection):
     """A record without the `webhook` field, as an earlier version wrote it and
     a worker of this one takes it: the worker looks the webhook up."""

@@ -56,7 +56,7 @@ from .connection import connect
 from .dequeue import NOT_RUNNABLE, Dequeuer, Taken
 from .job_view import exception_line
 from .queues import ServiceJob, ServiceQueue
-from .worker_scheduler import PromptRQScheduler
+from .worker_scheduler import LOCK_RETRY, PromptRQScheduler
 from .workers import ServiceWorker
 from .settings import Settings
 
@@ -270,7 +270,7 @@ class ReliableWorker(ServiceWorker):
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
         if clock >= self._next_lock_try:
-            self._next_lock_try = clock + _SCHEDULER_LOCK_RETRY
+            self._next_lock_try = clock + LOCK_RETRY
             self._take_over_scheduling()
         if running:
             self._enforce_limits(*running)
@@ -282,10 +282,12 @@ class ReliableWorker(ServiceWorker):
             self._set_state_safely(state)
 
     def _take_over_scheduling(self) -> None:
-        """Start RQ's scheduler process here if its locks are free (their holder died).
+        """Start RQ's scheduler process here if locks are free (their holder died).
 
         RQ tries again only in its maintenance, every 10 minutes: until then,
         jobs given a time and retries waiting out a backoff would not be enqueued.
+        A running scheduler process tries for the locks it lacks itself
+        (`PromptRQScheduler.should_reacquire_locks`).
         """
         scheduler = self.scheduler
         if scheduler is None or self._burst or self._stop_requested:

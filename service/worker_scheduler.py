@@ -9,6 +9,7 @@ jobs scheduled meanwhile are seen), and enqueues within milliseconds.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.scheduler import RQScheduler
@@ -16,10 +17,24 @@ from rq.scheduler import RQScheduler
 from .executor import die_with_parent
 
 
+#: Seconds between tries for scheduler locks another scheduler holds (RQ: 2 minutes
+#: in a scheduler that holds some, 10 in a worker that holds none), so that the
+#: queues of one that died are taken over as soon as its locks expire.
+LOCK_RETRY = 5.0
+
+
 class PromptRQScheduler(RQScheduler):
     def __init__(self, *args, poll: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.poll = poll
+
+    @property
+    def should_reacquire_locks(self) -> bool:
+        if self._queue_names == self.acquired_locks:
+            return False
+        if not self.lock_acquisition_time:
+            return True
+        return (datetime.now() - self.lock_acquisition_time).total_seconds() >= LOCK_RETRY
 
     def work(self) -> None:
         self._install_signal_handlers()

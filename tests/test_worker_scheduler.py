@@ -11,7 +11,7 @@ import psutil
 from rq.serializers import JSONSerializer
 
 from service.queues import ServiceQueue, fetch_job
-from service.worker_scheduler import PromptRQScheduler
+from service.worker_scheduler import LOCK_RETRY, PromptRQScheduler
 from tests import chaos
 from tests.conftest import wait_for
 from worker import build_worker
@@ -83,3 +83,17 @@ def test_when_the_worker_holding_the_scheduler_locks_dies_another_takes_over(con
         wait_for(lambda: fetch_job(job.id, connection).get_status().value == "finished", timeout=20,
                  what="the job to be enqueued by the other worker and run")
         assert connection.get(lock).decode() != holder_name
+
+
+def test_a_scheduler_holding_some_queues_locks_takes_the_others_soon_after_they_come_free(connection):
+    """Two workers may share the queues' locks between them. When one dies, the
+    other's scheduler takes its queues within seconds, not in RQ's two minutes."""
+    other = PromptRQScheduler(["high"], connection=connection, serializer=JSONSerializer)
+    assert other.acquire_locks() == {"high"}
+    scheduler = PromptRQScheduler(["high", "default"], connection=connection, serializer=JSONSerializer)
+    assert scheduler.acquire_locks() == {"default"}
+    assert not scheduler.should_reacquire_locks  # it has just tried
+    connection.delete(other.get_locking_key("high"))  # its holder died, and the lock expired
+    scheduler.lock_acquisition_time -= timedelta(seconds=LOCK_RETRY)
+    assert scheduler.should_reacquire_locks
+    assert scheduler.acquire_locks() == {"high", "default"}

@@ -8,12 +8,13 @@ processes wait for it instead of exiting.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Callable
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
@@ -24,6 +25,21 @@ log = logging.getLogger("service.redis")
 #: Errors that mean "Redis is unreachable right now" (including a server still
 #: loading its data after a restart), as opposed to a refused command.
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+
+#: Refusals of a write that say "not now" rather than "never": Redis is full,
+#: a replica, loading, failing over, or cannot persist.
+# EXECABORT: a transaction Redis discarded, as it does when a command in it met OOM.
+_TRANSIENT_REPLIES = ("OOM", "EXECABORT", "READONLY", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "BUSY", "TRYAGAIN")
+_TRANSIENT_PATTERN = re.compile(r"(?:^|[\s-])(?:" + "|".join(_TRANSIENT_REPLIES) + r")\b")
+
+
+def transient(error: RedisError) -> bool:
+    """Whether the same command may succeed later: Redis is unreachable, or refuses writes for now."""
+    if isinstance(error, (*OUTAGE_ERRORS, OutOfMemoryError, ReadOnlyError)):
+        return True
+    # The code may come first, or inside a script's error ("... -OOM command not allowed").
+    return isinstance(error, ResponseError) and bool(_TRANSIENT_PATTERN.search(str(error)))
+
 
 #: The only policy under which Redis never deletes a key to make room.
 SAFE_EVICTION_POLICY = "noeviction"

@@ -352,6 +352,8 @@ class ReliableWorker(ServiceWorker):
         # Between two executors there is none: RQ's would signal this process's own group.
         if self._horse_pid:
             super().kill_horse(*args, **kwargs)
+        else:
+            self._stopped_job_id = None  # a stop that came too late: the executor it was for is gone
 
     def _kill_executor(self, reason: str) -> None:
         self._kill_reason = reason
@@ -364,28 +366,34 @@ class ReliableWorker(ServiceWorker):
         is would be taken by a sweep for one whose worker died, and counted
         against JOB_MAX_ABANDONS for an outage that was no fault of its own.
         """
-        delay = 0.25
-        while not self._settle_once(job_id, status):
-            if self._stop_requested:
-                return  # recovery settles it from the execution left in the started registry
+        delay, stopped = 0.25, self._stopped_job_id  # RQ clears it on the way, even in a try that fails
+        while True:
+            self._stopped_job_id = stopped
+            try:
+                self._settle_once(job_id, status)
+                return
+            except RedisError as error:
+                self._redis_trouble(error)
+                if not redis_checks.transient(error) or self._stop_requested:
+                    return  # recovery settles it from the execution left in the started registry
             self._pause(delay)
             delay = min(delay * 2, 2.0)
             redis_checks.wait_until_reachable(self.connection, should_stop=lambda: self._stop_requested)
 
-    def _settle_once(self, job_id: str, status: int) -> bool:
-        """One try at `_settle`; False when Redis failed it."""
+    def _settle_once(self, job_id: str, status: int) -> None:
+        """One try at `_settle`; a RedisError is the caller's to handle."""
         try:
             if job_id in self.dequeuer.held():
-                return True  # never claimed: the next executor takes it first
+                return  # never claimed: the next executor takes it first
             job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
             execution = self._execution_of(job_id)
             if execution is None or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
-                return True  # not claimed by us, or its outcome is recorded
+                return  # not claimed by us, or its outcome is recorded
             queue = self._queue(job.origin)
             if self._stopped_job_id == job.id:
                 self._handle_stopped_job(job, queue, execution)
-                return True
-            if self._stopped_job_id:
+                return
+            if self._stopped_job_id and not self._kill_reason:
                 # RQ checks that the job to stop is running, then kills the
                 # executor: the job ended in between, and this one had begun.
                 recovery.requeue(
@@ -395,7 +403,7 @@ class ReliableWorker(ServiceWorker):
                     worker_name=self.name,
                     execution=execution,
                 )
-                return True
+                return
             job.ended_at = now()
             reason = self._kill_reason or "it crashed"
             exc_string = f"Work-horse terminated unexpectedly: {reason} ({_describe_exit(status)})"
@@ -403,10 +411,6 @@ class ReliableWorker(ServiceWorker):
             self.handle_job_failure(job, queue=queue, exc_string=exc_string, execution=execution)
         except NoSuchJobError:
             pass
-        except RedisError as error:
-            self._redis_trouble(error)
-            return False
-        return True
 
     # -- taking jobs (in the executor) --------------------------------------------
     def _load(self, taken: Taken):

@@ -7,7 +7,6 @@ JSON log line a request, and the start-up check of Redis's eviction policy.
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from apiflask import APIBlueprint, APIFlask
@@ -18,9 +17,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import (
     OutOfMemoryError,
-    ReadOnlyError,
     RedisError,
-    ResponseError,
 )
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
@@ -37,11 +34,6 @@ log = logging.getLogger("service.web")
 
 #: Seconds a client is asked to wait before trying again after a 503.
 RETRY_AFTER = 5
-#: Refusals of a write that say "not now" rather than "never": Redis is full,
-#: a replica, loading, failing over, or cannot persist.
-# EXECABORT: a transaction Redis discarded, as it does when a command in it met OOM.
-_TRANSIENT_REPLIES = ("OOM", "EXECABORT", "READONLY", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "BUSY", "TRYAGAIN")
-_TRANSIENT_PATTERN = re.compile(r"(?:^|[\s-])(?:" + "|".join(_TRANSIENT_REPLIES) + r")\b")
 
 
 def init_app(app: APIFlask) -> None:
@@ -87,11 +79,7 @@ def _log_request(response):
 
 def _redis_failed(error: RedisError):
     reply = str(error)
-    transient = isinstance(error, (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError)) or (
-        # The code may come first, or inside a script's error ("... -OOM command not allowed").
-        isinstance(error, ResponseError) and bool(_TRANSIENT_PATTERN.search(reply))
-    )
-    if not transient:
+    if not redis_checks.transient(error):
         log.error("Redis refused a request: %s", reply, exc_info=error)
         return render(problem(500, "Internal error: the job store refused the request."))
     logs.event(log, "redis.unavailable", level=logging.WARNING, path=request.path,

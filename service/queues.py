@@ -64,10 +64,10 @@ class ServiceJob(Job):
     #: and learnt it for free (a later look costs an O(n) LPOS).
     known_position: int | None = None
     #: Whether a webhook waits for this job's outcome (None: look it up). The
-    #: record says so (a `webhook` field RQ leaves alone: "1", or "" for none;
-    #: an earlier version's worker takes "" for unknown and looks it up), so a worker learns
-    #: it from the record it reads anyway; a record without the field (written
-    #: by plain RQ, rq-scheduler or an earlier version) leaves it unknown.
+    #: record says so in a `webhook` field RQ leaves alone ("1", or "" for none),
+    #: so a worker learns it from the record it reads anyway. A record without
+    #: the field (written by plain RQ, rq-scheduler or an earlier version)
+    #: leaves it unknown.
     has_webhook: bool | None = None
 
     def __init__(self, id=None, connection=None, serializer=None):

@@ -76,9 +76,6 @@ return 1
 
 #: Seconds between two looks of the supervisor at its executor (memory, timeout, heartbeat due).
 _TICK = 1.0
-#: Seconds between two tries at RQ's scheduler locks by a worker whose scheduler
-#: process is not running (another worker holds them, or it died).
-_SCHEDULER_LOCK_RETRY = 5.0
 
 
 class ReconnectingRQScheduler(PromptRQScheduler):

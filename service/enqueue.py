@@ -308,14 +308,11 @@ _UNFINISHABLE = {"failed", "stopped", "canceled"}
 
 
 def _check_dependencies(ids: list[str], connection: Redis) -> None:
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hget(ServiceJob.key_for(job_id), "status")
-        statuses = pipe.execute()
-    missing = [job_id for job_id, status in zip(ids, statuses) if status is None]
+    found = queues.statuses(connection, ids)
+    missing = [job_id for job_id, status in zip(ids, found) if status is None]
     if missing:
         raise InvalidRequest("depends_on", f"no job {', '.join(map(repr, missing))}")
-    for job_id, status in zip(ids, map(bytes.decode, statuses)):
+    for job_id, status in zip(ids, found):
         if status in _UNFINISHABLE:
             raise InvalidRequest("depends_on", f"job {job_id!r} is {status}, so this one would never run; retry that one first")
 

@@ -8,7 +8,7 @@ from typing import Any
 from rq.exceptions import DeserializationError
 from rq.registry import ScheduledJobRegistry
 
-from .queues import ServiceJob
+from .queues import ServiceJob, statuses
 from .registry import JobRegistry
 from .times import iso
 
@@ -75,14 +75,10 @@ def _waiting_on(job: ServiceJob) -> list[dict[str, str]]:
     failed (or was stopped, canceled, or has expired) holds the job until it is
     retried and finishes, and the user must see which."""
     ids = list(job._dependency_ids)
-    with job.connection.pipeline(transaction=False) as pipe:
-        for dependency in ids:
-            pipe.hget(ServiceJob.key_for(dependency), "status")
-        statuses = pipe.execute()
     return [
-        {"id": dependency, "status": raw.decode() if raw else "expired"}
-        for dependency, raw in zip(ids, statuses)
-        if raw != b"finished"
+        {"id": dependency, "status": status or "expired"}
+        for dependency, status in zip(ids, statuses(job.connection, ids))
+        if status != "finished"
     ]
 
 

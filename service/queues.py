@@ -186,6 +186,14 @@ def fetch_job(job_id: str, connection: Redis) -> ServiceJob:
     return ServiceJob.fetch(job_id, connection=connection)
 
 
+def statuses(connection: Redis, job_ids: list[str]) -> list[str | None]:
+    """The status of each job, in one round trip; None for one whose record is gone."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(ServiceJob.key_for(job_id), "status")
+        return [raw.decode() if raw else None for raw in pipe.execute()]
+
+
 def write_new_job(connection: Redis, job: Job, write: Callable[[Pipeline], object]) -> None:
     """Run `write` (the new job's record, its place in a queue, ...) as one transaction.
 

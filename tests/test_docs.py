@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import re
-import threading
 from urllib.parse import urlsplit
 
 import pytest
-from werkzeug.serving import make_server
 
+from tests import chaos
 from tests.conftest import SCOPED_TOKENS, bearer
 
 
@@ -39,16 +38,10 @@ def test_it_needs_a_read_token_and_serves_nothing_else_of_the_package(client, an
 
 
 @pytest.fixture
-def served(app):
-    """The app behind a real HTTP server on loopback."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
+def served(redis_url, tmp_path):
+    """The web server as the Procfile runs it, on loopback."""
+    with chaos.web(redis_url, tmp_path / "web.log") as base:
+        yield base
 
 
 def test_a_browser_renders_every_operation_without_leaving_the_origin(browser, served):

@@ -99,22 +99,26 @@ class CurrentJob:
         self._memory.close()
 
 
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux).
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent (pid `parent`, the
+    process that forked it) dies (Linux); at once if it has died already.
 
     An executor whose supervisor was killed must not run on unseen: recovery
     gives the supervisor's jobs to other workers once its heartbeat stops. Nor
     must RQ's scheduler process, which would go on holding the scheduler locks.
     """
     libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the executor checks its parent between jobs
-        pass
+    if libc_name:
+        try:
+            libc = ctypes.CDLL(libc_name, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # not Linux: the executor checks its parent between jobs
+            pass
+    # The kernel sends nothing for a parent that died before the call: one killed
+    # between the fork and here has left this process to another parent already.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Stop(Exception):
@@ -127,7 +131,7 @@ def run(worker, current: CurrentJob, burst: bool) -> int:
     Taking, claiming and recording are the worker's own (RQ's) methods, so a
     job runs exactly as in a work-horse, only without a fork per job.
     """
-    parent = os.getppid()
+    parent = worker._main_pid  # the supervisor, whose death `die_with_parent` also covers
     random.seed()
     worker._is_horse = True
     idle = True

@@ -206,7 +206,7 @@ class ReliableWorker(ServiceWorker):
             code = 70  # EX_SOFTWARE, should the loop itself raise
             try:
                 os.setpgrp()  # its own group: killing it (and what a job forked) spares the supervisor
-                executor.die_with_parent()
+                executor.die_with_parent(self._main_pid)
                 code = executor.run(self, current, burst)
             except BaseException:
                 log.exception("executor failed")

@@ -8,6 +8,7 @@ jobs scheduled meanwhile are seen), and enqueues within milliseconds.
 """
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 
@@ -27,6 +28,8 @@ class PromptRQScheduler(RQScheduler):
     def __init__(self, *args, poll: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.poll = poll
+        #: The worker that builds it, and forks its process (`start`).
+        self._worker_pid = os.getpid()
 
     @property
     def should_reacquire_locks(self) -> bool:
@@ -40,7 +43,7 @@ class PromptRQScheduler(RQScheduler):
         self._install_signal_handlers()
         # Killed with its worker (SIGKILL included), as the executor is: an orphan
         # would go on holding the scheduler locks and writing its records.
-        die_with_parent()
+        die_with_parent(self._worker_pid)
         self.register_birth()
         last_beat = 0.0
         while True:

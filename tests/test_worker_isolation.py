@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -122,6 +123,33 @@ def test_a_new_executor_is_not_taken_for_the_last_ones_run_of_the_same_job(setti
         assert worker._running(job_id="a-retried-job", run=2) is None  # not claimed by this executor
     finally:
         worker.register_death()
+
+
+def test_a_process_whose_parent_died_before_it_asked_to_die_with_it_dies_at_once(tmp_path):
+    """A worker killed in the moment after it forked its executor (or scheduler):
+    the kernel sends the child nothing for a parent already dead, and the
+    orphan would run on unseen, taking jobs."""
+    survived = tmp_path / "survived"
+    code = (
+        "import os, sys, time\n"
+        "from service.executor import die_with_parent\n"
+        "parent = os.getpid()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    while os.getppid() == parent:\n"
+        "        time.sleep(0.01)\n"  # until the parent is gone
+        "    die_with_parent(parent)\n"
+        "    open(sys.argv[1], 'w').write('survived')\n"
+        "    os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(survived)], cwd=processes.ROOT, capture_output=True,
+                         text=True, check=True)
+    orphan = int(run.stdout)
+    wait_for(lambda: not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE,
+             what="the orphan to die")
+    assert not survived.exists()
 
 
 def test_a_killed_worker_leaves_no_scheduler_process_behind(worker_process, connection):

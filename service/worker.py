@@ -47,7 +47,7 @@ from rq.suspension import is_suspended
 from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import as_text, now
+from rq.utils import as_text, now, utcformat
 from rq.worker import WorkerStatus
 from rq.worker.base import signal_name
 
@@ -64,13 +64,22 @@ log = logging.getLogger("service.worker")
 
 EXIT_UNRECORDED = executor.EXIT_UNRECORDED
 
-# KEYS: the job's dependents set; ARGV: RQ's writes for the job's success
-# (`scripted`). Written only if no job depends on this one (RQ's WATCH case).
+# KEYS: the job's dependents set, its execution, the job; ARGV: the job's
+# `ended_at` as RQ writes it, then RQ's writes for the job's success
+# (`scripted`), the execution's deletion left out. Written only if no job
+# depends on this one (RQ's WATCH case). A call the client sent again after a
+# broken connection lost its reply finds the execution gone and its own
+# `ended_at` on the job: it ran already, and a second result must not be stored.
+# (An execution gone with another `ended_at` was a sweep's, which requeued a
+# job that was only slow: its success is written, as before.)
 _SUCCEED = scripted.RUN + """
 if redis.call('SCARD', KEYS[1]) > 0 then
     return 0
 end
-run(redis.call, 1)
+if redis.call('DEL', KEYS[2]) == 0 and redis.call('HGET', KEYS[3], 'ended_at') == ARGV[1] then
+    return 1
+end
+run(redis.call, 2)
 return 1
 """
 
@@ -564,12 +573,14 @@ class ReliableWorker(ServiceWorker):
             # job that never had dependencies has no such set: both no-ops.
             absent = {job.dependents_key} | (set() if job._dependency_ids else {job.dependencies_key})
             pipe.command_stack = [
-                command for command in pipe.command_stack
-                if not (command[0][0] == "EXPIRE" and command[0][1] in absent)
+                (args, options) for args, options in pipe.command_stack
+                if not (args[0] == "EXPIRE" and args[1] in absent)
+                and not (args[0] == "DEL" and args[1] == execution.key)  # the script's own first write
             ]
             commands = scripted.words(pipe)
             pipe.reset()
-        if not self._succeed(keys=[job.dependents_key], args=commands):
+        keys = [job.dependents_key, execution.key, job.key]
+        if not self._succeed(keys=keys, args=[utcformat(job.ended_at), *commands]):
             job._status = JobStatus.STARTED
             return False
         # RQ's counts of the worker (successful jobs, working time) are written

@@ -589,3 +589,21 @@ def test_a_job_whose_outcome_redis_could_not_take_is_requeued_not_counted_abando
         assert interrupted.get("abandoned", 0) == 0 and interrupted.get("count") == 1, interrupted
         assert interrupted["reason"].startswith("Redis refused to record the job's start or outcome")
         assert worker.poll() is None
+
+
+def test_a_success_whose_record_lost_its_reply_is_recorded_once(client, settings, connection, cut_worker):
+    """The script that writes a job's success runs, its reply is lost and the
+    client sends it again: the second run must find the write its own, not
+    store a second result for the one run."""
+    from service.worker import _SUCCEED
+
+    worker, cutter, _clock = cut_worker
+    job_id, job = _posted_and_taken(client, settings, worker)
+    execution = worker._claim(job)
+    connection.script_load(_SUCCEED)  # so the reply lost is the script's, not a NOSCRIPT
+    cutter.cut_reply_to(worker._succeed.sha.encode())
+    worker.perform_job(job, worker._queue("default"), execution)
+    assert cutter.cuts == 1
+    assert client.get(f"/jobs/{job_id}").json["status"] == "finished"
+    assert [result.return_value for result in job.results()] == [3], "one run, one result"
+    assert not connection.exists(execution.key)

@@ -38,7 +38,7 @@ from typing import Callable
 
 from redis import Redis
 from redis.exceptions import WatchError
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.rate_limit import release_slot
@@ -327,8 +327,15 @@ class Recovery:
             try:
                 job = self.job_class.fetch(job_id, connection=self.connection)
             except Exception:
-                # Gone (expired, deleted) or unreadable: nothing left to run.
-                self.connection.zrem(registry.key, entry)
+                # Gone (expired, deleted) or unreadable: nothing left to run, and
+                # nothing of its execution to keep (its sets have no TTL of their own).
+                with self.connection.pipeline() as pipe:
+                    pipe.zrem(registry.key, entry)
+                    gone = Execution(execution_id, job_id, self.connection, worker_name=worker_name)
+                    pipe.delete(gone.key, ExecutionRegistry(job_id, connection=self.connection).key)
+                    if worker_name:
+                        pipe.srem(gone.worker_executions_key, gone.composite_key)
+                    pipe.execute()
                 continue
             execution = Execution(execution_id, job_id, self.connection, worker_name=worker_name)
             outcome = requeue(

@@ -40,7 +40,7 @@ import psutil
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import JobStatus
 from rq.rate_limit import release_slot
 from rq.suspension import is_suspended
@@ -487,6 +487,16 @@ class ReliableWorker(ServiceWorker):
             if job.ttl is not None:  # else the record has no expiry to remove
                 pipe.persist(job.key)
             events.status_changed(pipe, job, "started")
+            # RQ gives the job's and the worker's sets of executions a TTL at every
+            # start: two commands a job that change nothing. Both sets lose this
+            # member (and, empty, their key) when the job ends or recovery takes it
+            # from a dead worker, or when the job is deleted; while they live, the
+            # heartbeats of the execution and of the worker give them their TTL.
+            lasting = {ExecutionRegistry(job.id, connection=pipe).key, made[0].worker_executions_key}
+            pipe.command_stack = [
+                (args, options) for args, options in pipe.command_stack
+                if not (args[0] == "EXPIRE" and args[1] in lasting)
+            ]
             return made[0].key
 
         refused = self.dequeuer.claim(job.id, register)

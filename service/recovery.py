@@ -4,7 +4,7 @@ Usable by any worker class (or any process with a Redis connection): nothing
 here depends on how jobs are run, only on the records RQ and
 `service.dequeue` keep in Redis.
 
-A job can be stranded in three places:
+A job can be stranded in four places:
 
 - a dead worker's *dequeued list* (it crashed between taking the job and
   registering it as started): the job never ran, so it goes back to the front
@@ -15,7 +15,10 @@ A job can be stranded in three places:
   `JOB_MAX_ABANDONS` times; then it fails with `AbandonedJobError`, so a job
   that kills its worker cannot loop forever;
 - RQ's own *intermediate queue* (a plain `rq worker` on one queue, crashed
-  after BLMOVE): back to the front of its queue.
+  after BLMOVE): back to the front of its queue;
+- RQ's *ready registry*, where a finished job's dependents wait between the
+  transaction that records its success and their enqueue just after (its
+  worker died, or lost Redis, in between): queued.
 
 Heartbeats carry the time on the clock of the host that wrote them, and a
 sweep reads them against its own: a sweeper whose clock is off from Redis's by
@@ -71,12 +74,14 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     #: Jobs returned from RQ's intermediate queues.
     intermediate: list[str] = field(default_factory=list)
+    #: Dependents left in RQ's ready registries, queued.
+    ready: list[str] = field(default_factory=list)
     skipped: bool = False
     #: Set when this host's clock was too far from Redis's to sweep: by how many seconds.
     clock_off: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.dequeued or self.requeued or self.failed or self.intermediate)
+        return bool(self.dequeued or self.requeued or self.failed or self.intermediate or self.ready)
 
 
 def requeue(
@@ -251,16 +256,34 @@ class Recovery:
                 report.skipped = True
                 return report
         self._recover_dequeued(report)
-        for queue in self._queues():
+        queues = self._queues()
+        for queue in queues:
             self._recover_started(queue, report)
             self._recover_intermediate(queue, report)
+        report.ready.extend(self.enqueue_ready(queues))
         if report:
             logs.event(
                 log, "recovery.swept", level=logging.WARNING,
                 dequeued=len(report.dequeued), requeued=len(report.requeued),
-                failed=len(report.failed), intermediate=len(report.intermediate),
+                failed=len(report.failed), intermediate=len(report.intermediate), ready=len(report.ready),
             )
         return report
+
+    def enqueue_ready(self, queues: list[Queue] | None = None) -> list[str]:
+        """Queue the dependents left in RQ's ready registries; their ids.
+
+        RQ moves a finished job's dependents there in the transaction that
+        records its success, and queues them just after: a worker that died, or
+        lost Redis, in between leaves them there until RQ's maintenance (10
+        minutes). RQ's `enqueue_jobs` queues each under WATCH, at most once,
+        whoever else drains the registry meanwhile.
+        """
+        queued: list[str] = []
+        for queue in queues if queues is not None else self._queues():
+            registry = queue.ready_job_registry
+            ids = [as_text(job_id) for job_id in self.connection.zrange(registry.key, 0, -1)]
+            queued.extend(job.id for job in registry.enqueue_jobs(ids))
+        return queued
 
     def _clock_off(self) -> float | None:
         """How far this host's clock is from Redis's, when too far to judge heartbeats by."""

@@ -87,6 +87,36 @@ return 1
 _TICK = 1.0
 
 
+class _SuccessWritten(Exception):
+    """RQ's success transaction found the job's success written already."""
+
+
+class _RecordedOnce:
+    """A job's queue as RQ's success transaction (jobs with dependents, `result_ttl`
+    0, repeats) uses it, and the transaction's first read under WATCH.
+
+    When the reply to its EXEC is lost, redis-py reports a WatchError and RQ
+    runs the transaction again, which would store a second result and count the
+    run twice. That read now looks first whether the job carries this run's
+    `ended_at` (or is gone: `result_ttl` 0 deletes it), and stops the
+    transaction with `_SuccessWritten` if so.
+    """
+
+    def __init__(self, queue, job):
+        self._queue = queue
+        self._ended_at = utcformat(job.ended_at)
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+    def move_dependents_to_ready(self, job, pipeline=None, **kwargs):
+        if pipeline is not None:
+            status, ended_at = pipeline.hmget(job.key, "status", "ended_at")
+            if status is None or as_text(ended_at or b"") == self._ended_at:
+                raise _SuccessWritten(job.id)
+        return self._queue.move_dependents_to_ready(job, pipeline=pipeline, **kwargs)
+
+
 class ReconnectingRQScheduler(PromptRQScheduler):
     """RQ's scheduler (retries with backoff, enqueue_at), resuming after a Redis outage."""
 
@@ -535,9 +565,12 @@ class ReliableWorker(ServiceWorker):
         for pause in (0.5, 1.0, 2.0, None):
             try:
                 if again and self._written(job):
-                    release_slot(job)  # both paths end with this: what failed was this
+                    self._after_success_written(job)
                 elif not self._record_success(job, queue, execution):
-                    super().handle_job_success(job, queue, started_job_registry, execution)
+                    super().handle_job_success(job, _RecordedOnce(queue, job), started_job_registry, execution)
+                break
+            except _SuccessWritten:
+                self._after_success_written(job)
                 break
             except RedisError:
                 if pause is None:
@@ -549,6 +582,12 @@ class ReliableWorker(ServiceWorker):
         # Written in batches with the executor's takes (`executor.run`).
         self.finished.add(fields["job"], duration)
         logs.event(log, "job.finished", **fields, duration=duration)
+
+    def _after_success_written(self, job) -> None:
+        """What follows the write of a job's success, when the write's reply was lost."""
+        release_slot(job)
+        # Moved to RQ's ready registries by the write, and not queued yet.
+        self.recovery.enqueue_ready()
 
     @staticmethod
     def _written(job) -> bool:

@@ -223,6 +223,26 @@ def test_a_dead_worker_s_job_leaves_no_record_of_its_run_behind_once_swept(clien
         connection.delete("rq:queue:default")
 
 
+def test_a_sweep_queues_the_dependents_a_worker_left_ready_when_it_died(client, settings, connection):
+    """RQ records a job's success and moves its dependents to its ready registry in
+    one transaction, and queues them after it: a worker killed in between."""
+    parent = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    child = client.post("/jobs", json={"job": "demo.add", "args": [3, 4], "depends_on": [parent]}).json["id"]
+    connection.delete("rq:queue:default")
+    job = ServiceJob.fetch(parent, connection)
+    with connection.pipeline() as pipe:  # RQ's transaction, as far as the dependents go
+        pipe.watch(job.dependents_key)
+        ServiceQueue("default", connection=connection).move_dependents_to_ready(job, pipeline=pipe)
+        pipe.hset(job.key, "status", "finished")
+        pipe.execute()
+    assert client.get(f"/jobs/{child}").json["status"] == "ready_to_enqueue"
+    sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)
+    assert sweeper.sweep(force=True).ready == [child]
+    assert client.get(f"/jobs/{child}").json["status"] == "queued"
+    assert connection.lrange("rq:queue:default", 0, -1) == [child.encode()]
+    assert not sweeper.sweep(force=True), "queued once"
+
+
 def test_a_job_failed_for_killing_its_workers_gives_its_concurrency_slot_to_the_next(
     client, settings, connection, monkeypatch
 ):

@@ -607,3 +607,41 @@ def test_a_success_whose_record_lost_its_reply_is_recorded_once(client, settings
     assert client.get(f"/jobs/{job_id}").json["status"] == "finished"
     assert [result.return_value for result in job.results()] == [3], "one run, one result"
     assert not connection.exists(execution.key)
+
+
+def test_a_success_with_dependents_whose_transaction_lost_its_reply_is_recorded_once(
+    client, settings, connection, cut_worker
+):
+    """A job with dependents is recorded by RQ's own transaction, which also
+    moves them to ready. Its EXEC runs and the reply is lost: redis-py reports a
+    WatchError and RQ tries the transaction again. That second try must not
+    store a second result, and the dependent must still be queued, not left in
+    RQ's ready registry until its maintenance."""
+    worker, cutter, _clock = cut_worker
+    parent, job = _posted_and_taken(client, settings, worker)
+    child = client.post("/jobs", json={"job": "demo.add", "args": [3, 4], "depends_on": [parent]}).json["id"]
+    assert client.get(f"/jobs/{child}").json["status"] == "deferred"
+    execution = worker._claim(job)
+    cutter.cut_reply_to(b"successful_job_count")  # only in RQ's MULTI ... EXEC, sent as one request
+    worker.perform_job(job, worker._queue("default"), execution)
+    assert cutter.cuts == 1
+    assert client.get(f"/jobs/{parent}").json["status"] == "finished"
+    assert [result.return_value for result in job.results()] == [3], "one run, one result"
+    assert client.get(f"/jobs/{child}").json["status"] == "queued"
+    assert connection.lrange("rq:queue:default", 0, -1) == [child.encode()]
+
+
+def test_a_success_kept_for_no_time_whose_transaction_lost_its_reply_is_counted_once(
+    client, settings, connection, cut_worker
+):
+    """`result_ttl: 0` is recorded by RQ's transaction too, which deletes the job."""
+    worker, cutter, _clock = cut_worker
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "result_ttl": 0}).json["id"]
+    job, queue = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    execution = worker._claim(job)
+    cutter.cut_reply_to(b"successful_job_count")
+    worker.perform_job(job, queue, execution)
+    assert cutter.cuts == 1
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert connection.hget(worker.key, "successful_job_count") == b"1", "one run, counted once"
+

@@ -351,7 +351,8 @@ class Recovery:
                 job = self.job_class.fetch(job_id, connection=self.connection)
             except Exception:
                 # Gone (expired, deleted) or unreadable: nothing left to run, and
-                # nothing of its execution to keep (its sets have no TTL of their own).
+                # nothing of its execution to keep (the job's set of executions
+                # has no TTL of its own).
                 with self.connection.pipeline() as pipe:
                     pipe.zrem(registry.key, entry)
                     gone = Execution(execution_id, job_id, self.connection, worker_name=worker_name)

@@ -47,7 +47,7 @@ from rq.suspension import is_suspended
 from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import as_text, now, utcformat
+from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 from rq.worker.base import signal_name
 
@@ -64,19 +64,35 @@ log = logging.getLogger("service.worker")
 
 EXIT_UNRECORDED = executor.EXIT_UNRECORDED
 
-# KEYS: the job's dependents set, its execution, the job; ARGV: the job's
-# `ended_at` as RQ writes it, then RQ's writes for the job's success
-# (`scripted`), the execution's deletion left out. Written only if no job
-# depends on this one (RQ's WATCH case). A call the client sent again after a
-# broken connection lost its reply finds the execution gone and its own
-# `ended_at` on the job: it ran already, and a second result must not be stored.
-# (An execution gone with another `ended_at` was a sweep's, which requeued a
-# job that was only slow: its success is written, as before.)
-_SUCCEED = scripted.RUN + """
+# Defines written(results, execution_id): whether the newest entry of a job's
+# results stream is this execution's success (RQ's Result.Type.SUCCESSFUL).
+_WRITTEN = """
+local function written(results, execution_id)
+    local newest = redis.call('XREVRANGE', results, '+', '-', 'COUNT', 1)[1]
+    if not newest then
+        return false
+    end
+    local fields, found = newest[2], {}
+    for i = 1, #fields, 2 do
+        found[fields[i]] = fields[i + 1]
+    end
+    return found['type'] == '1' and found['execution_id'] == execution_id
+end
+"""
+
+# KEYS: the job's dependents set, its execution, its results; ARGV: the
+# execution's id, then RQ's writes for the job's success (`scripted`), the
+# execution's deletion left out. Written only if no job depends on this one
+# (RQ's WATCH case). A call the client sent again after a broken connection
+# lost its reply finds the execution gone and its own success the newest
+# result: it ran already, and must not store a second. (An execution gone
+# without that result was a sweep's, which requeued a job that was only slow:
+# its success is written, as before.)
+_SUCCEED = scripted.RUN + _WRITTEN + """
 if redis.call('SCARD', KEYS[1]) > 0 then
     return 0
 end
-if redis.call('DEL', KEYS[2]) == 0 and redis.call('HGET', KEYS[3], 'ended_at') == ARGV[1] then
+if redis.call('DEL', KEYS[2]) == 0 and written(KEYS[3], ARGV[1]) then
     return 1
 end
 run(redis.call, 2)
@@ -97,22 +113,27 @@ class _RecordedOnce:
 
     When the reply to its EXEC is lost, redis-py reports a WatchError and RQ
     runs the transaction again, which would store a second result and count the
-    run twice. That read now looks first whether the job carries this run's
-    `ended_at` (or is gone: `result_ttl` 0 deletes it), and stops the
-    transaction with `_SuccessWritten` if so.
+    run twice. The read of each try after the first now looks whether the job
+    is gone (`result_ttl` 0 deletes it) or its newest result is this
+    execution's success, and stops the transaction with `_SuccessWritten` if so.
     """
 
-    def __init__(self, queue, job):
+    def __init__(self, queue, execution):
         self._queue = queue
-        self._ended_at = utcformat(job.ended_at)
+        self._execution_id = execution.id
+        self._tries = 0
 
     def __getattr__(self, name):
         return getattr(self._queue, name)
 
     def move_dependents_to_ready(self, job, pipeline=None, **kwargs):
-        if pipeline is not None:
-            status, ended_at = pipeline.hmget(job.key, "status", "ended_at")
-            if status is None or as_text(ended_at or b"") == self._ended_at:
+        self._tries += 1
+        if pipeline is not None and self._tries > 1:
+            # The same test as the success script's (`_WRITTEN`), read under WATCH.
+            newest = pipeline.xrevrange(Result.get_key(job.id), count=1)
+            fields = newest[0][1] if newest else {}
+            mine = fields.get(b"type") == b"1" and fields.get(b"execution_id") == self._execution_id.encode()
+            if mine or not pipeline.exists(job.key):
                 raise _SuccessWritten(job.id)
         return self._queue.move_dependents_to_ready(job, pipeline=pipeline, **kwargs)
 
@@ -517,15 +538,17 @@ class ReliableWorker(ServiceWorker):
             if job.ttl is not None:  # else the record has no expiry to remove
                 pipe.persist(job.key)
             events.status_changed(pipe, job, "started")
-            # RQ gives the job's and the worker's sets of executions a TTL at every
-            # start: two commands a job that change nothing. Both sets lose this
-            # member (and, empty, their key) when the job ends or recovery takes it
-            # from a dead worker, or when the job is deleted; while they live, the
-            # heartbeats of the execution and of the worker give them their TTL.
-            lasting = {ExecutionRegistry(job.id, connection=pipe).key, made[0].worker_executions_key}
+            # RQ gives the job's set of executions a TTL at every start: a command
+            # a job that changes nothing. The set loses this member (and, empty,
+            # its key) when the job ends, when recovery takes it from a dead
+            # worker (by the ids in the started registry) or when the job is
+            # deleted; while the job runs, the execution's heartbeat gives it its
+            # TTL. (The worker's set keeps RQ's TTL: recovery learns the worker's
+            # name from the execution's record, which can expire first.)
+            registry_key = ExecutionRegistry(job.id, connection=pipe).key
             pipe.command_stack = [
                 (args, options) for args, options in pipe.command_stack
-                if not (args[0] == "EXPIRE" and args[1] in lasting)
+                if not (args[0] == "EXPIRE" and args[1] == registry_key)
             ]
             return made[0].key
 
@@ -567,10 +590,7 @@ class ReliableWorker(ServiceWorker):
                 if again and self._written(job):
                     self._after_success_written(job)
                 elif not self._record_success(job, queue, execution):
-                    super().handle_job_success(job, _RecordedOnce(queue, job), started_job_registry, execution)
-                break
-            except _SuccessWritten:
-                self._after_success_written(job)
+                    self._record_success_as_rq_does(job, queue, started_job_registry, execution)
                 break
             except RedisError:
                 if pause is None:
@@ -583,11 +603,20 @@ class ReliableWorker(ServiceWorker):
         self.finished.add(fields["job"], duration)
         logs.event(log, "job.finished", **fields, duration=duration)
 
+    def _record_success_as_rq_does(self, job, queue, started_job_registry, execution) -> None:
+        try:
+            super().handle_job_success(job, _RecordedOnce(queue, execution), started_job_registry, execution)
+        except _SuccessWritten:  # by a try whose reply was lost
+            self._after_success_written(job)
+
     def _after_success_written(self, job) -> None:
         """What follows the write of a job's success, when the write's reply was lost."""
-        release_slot(job)
-        # Moved to RQ's ready registries by the write, and not queued yet.
-        self.recovery.enqueue_ready()
+        release_slot(job)  # a Redis error here is tried again (`handle_job_success`)
+        try:
+            # Moved to RQ's ready registries by the write, and not queued yet.
+            self.recovery.enqueue_ready()
+        except RedisError as error:  # recovery's next sweep queues them
+            logs.event(log, "job.dependents_left", level=logging.WARNING, **logs.job_fields(job), error=str(error))
 
     @staticmethod
     def _written(job) -> bool:
@@ -628,8 +657,8 @@ class ReliableWorker(ServiceWorker):
             ]
             commands = scripted.words(pipe)
             pipe.reset()
-        keys = [job.dependents_key, execution.key, job.key]
-        if not self._succeed(keys=keys, args=[utcformat(job.ended_at), *commands]):
+        keys = [job.dependents_key, execution.key, Result.get_key(job.id)]
+        if not self._succeed(keys=keys, args=[execution.id, *commands]):
             job._status = JobStatus.STARTED
             return False
         # RQ's counts of the worker (successful jobs, working time) are written

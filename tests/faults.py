@@ -23,16 +23,17 @@ class ReplyCutter:
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}{parts.path}"
-        self._marker: bytes | None = None
+        self._marker: tuple[bytes, ...] | None = None
         self._times = 0
         self._lock = threading.Lock()
         self.cuts = 0
         self._listener = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def cut_reply_to(self, marker: bytes, times: int = 1) -> None:
+    def cut_reply_to(self, marker: bytes | tuple[bytes, ...], times: int = 1) -> None:
+        """`marker`, or every one of several, in one request (a transaction is sent as one)."""
         with self._lock:
-            self._marker, self._times = marker, times
+            self._marker, self._times = (marker if isinstance(marker, tuple) else (marker,)), times
 
     def close(self) -> None:
         self._listener.close()
@@ -58,7 +59,7 @@ class ReplyCutter:
         try:
             while data := client.recv(65536):
                 with self._lock:
-                    if self._marker is not None and self._marker in data:
+                    if self._marker is not None and all(part in data for part in self._marker):
                         self._times -= 1
                         if not self._times:
                             self._marker = None

@@ -622,7 +622,7 @@ def test_a_success_with_dependents_whose_transaction_lost_its_reply_is_recorded_
     child = client.post("/jobs", json={"job": "demo.add", "args": [3, 4], "depends_on": [parent]}).json["id"]
     assert client.get(f"/jobs/{child}").json["status"] == "deferred"
     execution = worker._claim(job)
-    cutter.cut_reply_to(b"successful_job_count")  # only in RQ's MULTI ... EXEC, sent as one request
+    cutter.cut_reply_to((b"successful_job_count", b"EXEC"))  # only in RQ's MULTI ... EXEC, sent as one request
     worker.perform_job(job, worker._queue("default"), execution)
     assert cutter.cuts == 1
     assert client.get(f"/jobs/{parent}").json["status"] == "finished"
@@ -639,9 +639,40 @@ def test_a_success_kept_for_no_time_whose_transaction_lost_its_reply_is_counted_
     job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "result_ttl": 0}).json["id"]
     job, queue = worker._load(worker.dequeuer.take(_queue_keys(settings)))
     execution = worker._claim(job)
-    cutter.cut_reply_to(b"successful_job_count")
+    cutter.cut_reply_to((b"successful_job_count", b"EXEC"))
     worker.perform_job(job, queue, execution)
     assert cutter.cuts == 1
     assert client.get(f"/jobs/{job_id}").status_code == 404
     assert connection.hget(worker.key, "successful_job_count") == b"1", "one run, counted once"
+
+
+@pytest.mark.parametrize("swept", [False, True])
+def test_a_success_is_recorded_when_the_job_s_record_was_saved_before_it(
+    client, settings, connection, cut_worker, monkeypatch, swept
+):
+    """A success callback may save the job, `ended_at` and all, before RQ records
+    the success; a sweep may have taken the execution of a job that was only
+    slow. Neither makes the record of a first success look like a resend."""
+    from service.worker import ReliableWorker
+
+    worker, _cutter, _clock = cut_worker
+    parent, job = _posted_and_taken(client, settings, worker)
+    child = None if swept else client.post(
+        "/jobs", json={"job": "demo.add", "args": [3, 4], "depends_on": [parent]}
+    ).json["id"]
+    execution = worker._claim(job)
+    if swept:  # by a sweeper that took it for a dead worker's (its requeue deletes the execution)
+        connection.delete(execution.key)
+    ended = ReliableWorker.handle_execution_ended
+
+    def saving(self, job, queue, heartbeat_ttl):  # what a callback's `job.save()` writes
+        ended(self, job, queue, heartbeat_ttl)
+        job.save()
+
+    monkeypatch.setattr(ReliableWorker, "handle_execution_ended", saving)
+    worker.perform_job(job, worker._queue("default"), execution)
+    assert [result.return_value for result in job.results()] == [3]
+    assert connection.zscore("rq:finished:default", parent) is not None
+    if child:
+        assert client.get(f"/jobs/{child}").json["status"] == "queued"
 

@@ -25,6 +25,13 @@ end
 """
 
 
+def leave_out(pipe: Pipeline, *commands: tuple[str, str]) -> None:
+    """Take the commands queued on `pipe` that are given as (name, key) off it:
+    writes that change nothing, or that the script makes itself."""
+    unwanted = set(commands)
+    pipe.command_stack = [(args, options) for args, options in pipe.command_stack if tuple(args[:2]) not in unwanted]
+
+
 def words(pipe: Pipeline) -> list:
     """The commands queued on `pipe` as script arguments, in the form `RUN` reads
     (redis-py encodes each word as it would have for the command itself)."""

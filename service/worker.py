@@ -545,11 +545,7 @@ class ReliableWorker(ServiceWorker):
             # deleted; while the job runs, the execution's heartbeat gives it its
             # TTL. (The worker's set keeps RQ's TTL: recovery learns the worker's
             # name from the execution's record, which can expire first.)
-            registry_key = ExecutionRegistry(job.id, connection=pipe).key
-            pipe.command_stack = [
-                (args, options) for args, options in pipe.command_stack
-                if not (args[0] == "EXPIRE" and args[1] == registry_key)
-            ]
+            scripted.leave_out(pipe, ("EXPIRE", ExecutionRegistry(job.id, connection=pipe).key))
             return made[0].key
 
         refused = self.dequeuer.claim(job.id, register)
@@ -649,12 +645,9 @@ class ReliableWorker(ServiceWorker):
             # RQ extends the life of the job's dependents and dependencies sets
             # with it; the script runs only when there are no dependents, and a
             # job that never had dependencies has no such set: both no-ops.
-            absent = {job.dependents_key} | (set() if job._dependency_ids else {job.dependencies_key})
-            pipe.command_stack = [
-                (args, options) for args, options in pipe.command_stack
-                if not (args[0] == "EXPIRE" and args[1] in absent)
-                and not (args[0] == "DEL" and args[1] == execution.key)  # the script's own first write
-            ]
+            absent = [job.dependents_key] + ([] if job._dependency_ids else [job.dependencies_key])
+            # The execution's deletion is the script's own first write.
+            scripted.leave_out(pipe, *(("EXPIRE", key) for key in absent), ("DEL", execution.key))
             commands = scripted.words(pipe)
             pipe.reset()
         keys = [job.dependents_key, execution.key, Result.get_key(job.id)]

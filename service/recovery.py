@@ -278,12 +278,9 @@ class Recovery:
         minutes). RQ's `enqueue_jobs` queues each under WATCH, at most once,
         whoever else drains the registry meanwhile.
         """
-        queued: list[str] = []
-        for queue in queues if queues is not None else self._queues():
-            registry = queue.ready_job_registry
-            ids = [as_text(job_id) for job_id in self.connection.zrange(registry.key, 0, -1)]
-            queued.extend(job.id for job in registry.enqueue_jobs(ids))
-        return queued
+        # RQ's `cleanup` of that registry is exactly this drain.
+        return [job.id for queue in (queues if queues is not None else self._queues())
+                for job in queue.ready_job_registry.cleanup()]
 
     def _clock_off(self) -> float | None:
         """How far this host's clock is from Redis's, when too far to judge heartbeats by."""
@@ -347,6 +344,7 @@ class Recovery:
                 stale.append((entry, as_text(worker_name) if worker_name else ""))
         for entry, worker_name in stale:
             job_id, execution_id = parse_composite_key(entry)
+            execution = Execution(execution_id, job_id, self.connection, worker_name=worker_name)
             try:
                 job = self.job_class.fetch(job_id, connection=self.connection)
             except Exception:
@@ -355,13 +353,11 @@ class Recovery:
                 # has no TTL of its own).
                 with self.connection.pipeline() as pipe:
                     pipe.zrem(registry.key, entry)
-                    gone = Execution(execution_id, job_id, self.connection, worker_name=worker_name)
-                    pipe.delete(gone.key, ExecutionRegistry(job_id, connection=self.connection).key)
+                    pipe.delete(execution.key, ExecutionRegistry(job_id, connection=self.connection).key)
                     if worker_name:
-                        pipe.srem(gone.worker_executions_key, gone.composite_key)
+                        pipe.srem(execution.worker_executions_key, execution.composite_key)
                     pipe.execute()
                 continue
-            execution = Execution(execution_id, job_id, self.connection, worker_name=worker_name)
             outcome = requeue(
                 job,
                 reason=f"worker {worker_name or '?'} stopped sending heartbeats (killed or lost) while running it",

@@ -39,7 +39,7 @@ import time
 import psutil
 from redis import Redis
 from redis.exceptions import RedisError
-from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import JobStatus
 from rq.rate_limit import release_slot
@@ -107,15 +107,25 @@ class _SuccessWritten(Exception):
     """RQ's success transaction found the job's success written already."""
 
 
+def _success_written(job, execution_id: str) -> bool:
+    """Whether this run's success is in Redis already, written by a try whose
+    reply was lost: the job's newest result is it (the success script's test,
+    `_WRITTEN`), or the job is gone (`result_ttl` 0 deletes it). Not its status:
+    a success callback's `job.save()` writes `finished` before the success is."""
+    newest = Result.fetch_latest(job, serializer=job.serializer)
+    if newest is not None and newest.type == Result.Type.SUCCESSFUL and newest.execution_id == execution_id:
+        return True
+    return not job.connection.exists(job.key)
+
+
 class _RecordedOnce:
     """A job's queue as RQ's success transaction (jobs with dependents, `result_ttl`
     0, repeats) uses it, and the transaction's first read under WATCH.
 
     When the reply to its EXEC is lost, redis-py reports a WatchError and RQ
     runs the transaction again, which would store a second result and count the
-    run twice. The read of each try after the first now looks whether the job
-    is gone (`result_ttl` 0 deletes it) or its newest result is this
-    execution's success, and stops the transaction with `_SuccessWritten` if so.
+    run twice. Each try after the first now stops with `_SuccessWritten` if the
+    success is written already.
     """
 
     def __init__(self, queue, execution):
@@ -128,13 +138,8 @@ class _RecordedOnce:
 
     def move_dependents_to_ready(self, job, pipeline=None, **kwargs):
         self._tries += 1
-        if pipeline is not None and self._tries > 1:
-            # The same test as the success script's (`_WRITTEN`), read under WATCH.
-            newest = pipeline.xrevrange(Result.get_key(job.id), count=1)
-            fields = newest[0][1] if newest else {}
-            mine = fields.get(b"type") == b"1" and fields.get(b"execution_id") == self._execution_id.encode()
-            if mine or not pipeline.exists(job.key):
-                raise _SuccessWritten(job.id)
+        if pipeline is not None and self._tries > 1 and _success_written(job, self._execution_id):
+            raise _SuccessWritten(job.id)
         return self._queue.move_dependents_to_ready(job, pipeline=pipeline, **kwargs)
 
 
@@ -583,7 +588,7 @@ class ReliableWorker(ServiceWorker):
         again = False
         for pause in (0.5, 1.0, 2.0, None):
             try:
-                if again and self._written(job):
+                if again and _success_written(job, execution.id):
                     self._after_success_written(job)
                 elif not self._record_success(job, queue, execution):
                     self._record_success_as_rq_does(job, queue, started_job_registry, execution)
@@ -607,21 +612,13 @@ class ReliableWorker(ServiceWorker):
 
     def _after_success_written(self, job) -> None:
         """What follows the write of a job's success, when the write's reply was lost."""
+        job._status = JobStatus.FINISHED
         release_slot(job)  # a Redis error here is tried again (`handle_job_success`)
         try:
             # Moved to RQ's ready registries by the write, and not queued yet.
             self.recovery.enqueue_ready()
         except RedisError as error:  # recovery's next sweep queues them
             logs.event(log, "job.dependents_left", level=logging.WARNING, **logs.job_fields(job), error=str(error))
-
-    @staticmethod
-    def _written(job) -> bool:
-        """Whether the job's outcome is in Redis, after an error left that unknown."""
-        try:
-            return job.get_status(refresh=True) != JobStatus.STARTED
-        except InvalidJobOperation:  # its record went with it (`result_ttl` 0)
-            job._status = JobStatus.FINISHED
-            return True
 
     def _record_success(self, job, queue, execution) -> bool:
         """RQ's `handle_job_success` in one round trip, for a job without dependents; False otherwise.

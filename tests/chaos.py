@@ -154,6 +154,15 @@ def horses(worker_pid: int) -> list[int]:
     return found
 
 
+def ended(process: psutil.Process | int) -> bool:
+    """Whether a process (or pid) has exited: gone, or a zombie its parent has not reaped."""
+    try:
+        process = process if isinstance(process, psutil.Process) else psutil.Process(process)
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def kill(pid: int, sig: int = signal.SIGKILL) -> bool:
     try:
         os.kill(pid, sig)

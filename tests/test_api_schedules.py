@@ -82,7 +82,7 @@ def test_pause_resume_and_run(client, connection, work):
     assert len(resumed.json["next_runs"]) == 3
 
 
-def test_running_now_a_job_with_a_concurrency_limit_takes_a_slot_like_any_enqueue(client, connection, monkeypatch):
+def test_running_now_a_job_with_a_concurrency_limit_takes_a_slot_like_any_enqueue(client, monkeypatch):
     monkeypatch.setenv("HTTP_HOST_CONCURRENCY", "1")  # read where jobs are enqueued: here
     call = {"job": "http.request", "kwargs": {"url": "http://example.com/x"}, "cron": "0 9 * * *"}
     assert client.put("/schedules/hook", json=call).status_code == 201

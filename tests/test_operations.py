@@ -204,26 +204,25 @@ def test_a_sweep_requeues_the_job_of_a_dead_worker_then_fails_it_if_it_keeps_kil
     assert not connection.zrange("rq:wip:default", 0, -1)
 
 
-def test_a_dead_worker_s_job_leaves_no_record_of_its_run_behind_once_swept(client, settings, connection):
+@pytest.mark.parametrize("gone", [False, True])
+def test_a_dead_worker_s_job_leaves_no_record_of_its_run_behind_once_swept(client, settings, connection, gone):
     """The set of a job's executions gets no TTL of its own at a start: whatever
     becomes of the job, a sweep must not leave it (or the worker's) behind."""
     sweeper = recovery.Recovery(connection, settings, job_class=ServiceJob, queue_class=ServiceQueue)
-    for gone in (False, True):
-        job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
-        worker = _claimed_by_a_worker_that_then_dies(settings, connection, job_id)
-        run_keys = [f"rq:executions:{job_id}", f"rq:worker:{worker.name}:executions"]
-        assert connection.exists(*run_keys) == 2
-        # Recovery may find the execution's record (and the worker's name in it)
-        # expired: the worker's set must expire of itself.
-        assert connection.ttl(run_keys[1]) > 0
-        if gone:  # expired or deleted by hand, not through RQ's delete
-            connection.delete(f"rq:job:{job_id}")
-        report = sweeper.sweep(force=True)
-        assert report.requeued == ([] if gone else [job_id])
-        assert connection.exists(*run_keys) == 0
-        assert not connection.zrange("rq:wip:default", 0, -1)
-        assert not connection.keys("rq:execution:*")
-        connection.delete("rq:queue:default")
+    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+    worker = _claimed_by_a_worker_that_then_dies(settings, connection, job_id)
+    run_keys = [f"rq:executions:{job_id}", f"rq:worker:{worker.name}:executions"]
+    assert connection.exists(*run_keys) == 2
+    # Recovery may find the execution's record (and the worker's name in it)
+    # expired: the worker's set must expire of itself.
+    assert connection.ttl(run_keys[1]) > 0
+    if gone:  # expired or deleted by hand, not through RQ's delete
+        connection.delete(f"rq:job:{job_id}")
+    report = sweeper.sweep(force=True)
+    assert report.requeued == ([] if gone else [job_id])
+    assert connection.exists(*run_keys) == 0
+    assert not connection.zrange("rq:wip:default", 0, -1)
+    assert not connection.keys("rq:execution:*")
 
 
 def test_a_sweep_queues_the_dependents_a_worker_left_ready_when_it_died(client, settings, connection):

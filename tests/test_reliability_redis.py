@@ -379,9 +379,9 @@ def _queue_keys(settings):
     return [f"rq:queue:{name}" for name in settings.queues]
 
 
-def _posted_and_taken(client, settings, worker):
-    """A job's id and the job, posted, then taken by `worker` (not claimed yet)."""
-    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2]}).json["id"]
+def _posted_and_taken(client, settings, worker, body=None):
+    """A job's id and the job, posted (`demo.add` 1 + 2 unless `body`), then taken by `worker` (not claimed yet)."""
+    job_id = client.post("/jobs", json=body or {"job": "demo.add", "args": [1, 2]}).json["id"]
     job, _ = worker._load(worker.dequeuer.take(_queue_keys(settings)))
     return job_id, job
 
@@ -456,12 +456,11 @@ def test_a_slot_release_whose_reply_was_lost_records_the_job_once(client, settin
     http_server.answer("/x", Answer(200, "ok"))
     worker, cutter, _clock = cut_worker
     body = {"job": "http.request", "args": [http_server.url("/x")], "result_ttl": result_ttl}
-    job_id = client.post("/jobs", json=body).json["id"]
-    job, queue = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    job_id, job = _posted_and_taken(client, settings, worker, body)
     execution = worker._claim(job)
     connection.script_load(RELEASE_AND_ENQUEUE_SCRIPT)  # so the replies lost are the release's, not a NOSCRIPT
     cutter.cut_reply_to(hashlib.sha1(RELEASE_AND_ENQUEUE_SCRIPT.encode()).hexdigest().encode(), times=2)
-    worker.perform_job(job, queue, execution)
+    worker.perform_job(job, worker._queue("default"), execution)
     assert cutter.cuts == 2
     assert len(http_server.requests("/x")) == 1
     if result_ttl:
@@ -560,7 +559,7 @@ def test_a_job_with_a_webhook_whose_write_lost_its_reply_is_queued_once(cut_clie
     assert connection.lrange("rq:queue:default", 0, -1) == [answer.json["id"].encode()], "queued once, run once"
 
 
-def test_a_job_whose_outcome_redis_could_not_take_is_requeued_not_counted_abandoned(own_redis, own_settings, tmp_path):
+def test_a_job_whose_outcome_redis_could_not_take_is_requeued_not_counted_abandoned(own_redis, tmp_path):
     """Redis goes down while a job runs, and is still down after the executor has
     tried to record its end for a few seconds: the worker waits for Redis and
     requeues the job (it runs again), rather than leave it to a sweep, which
@@ -578,8 +577,7 @@ def test_a_job_whose_outcome_redis_could_not_take_is_requeued_not_counted_abando
         own_redis.kill()
         gone = psutil.Process(executor)
         # It ends the job, tries for 3.5 s to record that, then gives up and exits.
-        wait_for(lambda: not gone.is_running() or gone.status() == psutil.STATUS_ZOMBIE, timeout=30,
-                 what="the executor to give up on Redis")
+        wait_for(lambda: chaos.ended(gone), timeout=30, what="the executor to give up on Redis")
         own_redis.start()
         client = own_redis.client()
         wait_for(lambda: chaos.statuses(client, [job.id])[job.id] in ("finished", "failed"), timeout=60,
@@ -636,11 +634,10 @@ def test_a_success_kept_for_no_time_whose_transaction_lost_its_reply_is_counted_
 ):
     """`result_ttl: 0` is recorded by RQ's transaction too, which deletes the job."""
     worker, cutter, _clock = cut_worker
-    job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "result_ttl": 0}).json["id"]
-    job, queue = worker._load(worker.dequeuer.take(_queue_keys(settings)))
+    job_id, job = _posted_and_taken(client, settings, worker, {"job": "demo.add", "args": [1, 2], "result_ttl": 0})
     execution = worker._claim(job)
     cutter.cut_reply_to((b"successful_job_count", b"EXEC"))
-    worker.perform_job(job, queue, execution)
+    worker.perform_job(job, worker._queue("default"), execution)
     assert cutter.cuts == 1
     assert client.get(f"/jobs/{job_id}").status_code == 404
     assert connection.hget(worker.key, "successful_job_count") == b"1", "one run, counted once"

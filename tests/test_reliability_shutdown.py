@@ -5,15 +5,13 @@ Scaled down: SHUTDOWN_GRACE=1 s and SIGKILL at 3 s instead of 25 s and 30 s
 """
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
 import uuid
 
 import pytest
 
-from tests import chaos, processes
+from tests import chaos
 from tests.conftest import wait_for
 
 
@@ -108,27 +106,3 @@ def test_heroku_restarts_under_load_lose_nothing_and_fail_nothing(connection, se
 def test_heroku_restarts_at_production_timing(connection, settings, redis_url, tmp_path):
     _restart_many_times(connection, settings, redis_url, tmp_path, restarts=20, grace=25, kill_at=30,
                         long=40.0, medium=20.0)
-
-
-def test_a_worker_stopped_while_it_starts_stops_cleanly_and_leaves_no_process(connection, redis_url, tmp_path):
-    """SIGTERM the moment the worker has forked RQ's scheduler, before its first
-    job: it stops as on any SIGTERM, its scheduler with it, and says so."""
-    log = tmp_path / "worker.log"
-    env = processes.process_env(redis_url, SIGTERM_WHILE_STARTING="1")
-    with processes.running([sys.executable, "-m", "tests.misbehaving_worker"], env, log) as worker:
-        try:
-            assert worker.wait(timeout=30) == 0, log.read_text()[-2000:]
-            wait_for(lambda: not _group_alive(worker.pid), timeout=10, what="the worker's scheduler to stop")
-        finally:
-            if _group_alive(worker.pid):
-                os.killpg(worker.pid, signal.SIGKILL)
-    assert any(event.get("event") == "worker.stopped" for event in chaos.log_events(log))
-    assert connection.scard("rq:workers") == 0
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -147,12 +147,11 @@ def test_a_process_whose_parent_died_before_it_asked_to_die_with_it_dies_at_once
     run = subprocess.run([sys.executable, "-c", code, str(survived)], cwd=processes.ROOT, capture_output=True,
                          text=True, check=True)
     orphan = int(run.stdout)
-    wait_for(lambda: not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE,
-             what="the orphan to die")
+    wait_for(lambda: chaos.ended(orphan), what="the orphan to die")
     assert not survived.exists()
 
 
-def test_a_killed_worker_leaves_no_scheduler_process_behind(worker_process, connection):
+def test_a_killed_worker_leaves_no_scheduler_process_behind(worker_process):
     supervisor = psutil.Process(worker_process.pid)
     # RQ's scheduler: the child that stays in the worker's process group (the executor leads its own).
     scheduler = wait_for(
@@ -162,7 +161,7 @@ def test_a_killed_worker_leaves_no_scheduler_process_behind(worker_process, conn
     worker_process.kill()  # SIGKILL: no handler runs
     worker_process.wait()
     try:
-        wait_for(lambda: not scheduler.is_running() or scheduler.status() == psutil.STATUS_ZOMBIE, what="the scheduler to die")
+        wait_for(lambda: chaos.ended(scheduler), what="the scheduler to die")
     finally:
         with contextlib.suppress(psutil.Error):
             scheduler.kill()  # an orphan must not outlive a failed test either
@@ -203,3 +202,26 @@ def test_a_stop_that_reaches_the_executor_after_its_job_ended_puts_the_next_one_
     assert put_back.get_status().value == "queued", _failure(connection, second.id)
     assert put_back.meta["interrupted"]["reason"] == f"its executor was killed to stop job {first.id}, which had just ended"
     assert connection.lrange("rq:queue:default", 0, -1) == [second.id.encode()]
+
+
+def test_a_worker_stopped_while_it_starts_stops_cleanly_and_leaves_no_process(connection, redis_url, tmp_path):
+    """SIGTERM the moment the worker has forked RQ's scheduler, before its first
+    job: it stops as on any SIGTERM, its scheduler with it, and says so."""
+    log = tmp_path / "worker.log"
+    with _worker(redis_url, log, SIGTERM_WHILE_STARTING="1") as worker:
+        try:
+            assert worker.wait(timeout=30) == 0, log.read_text()[-2000:]
+            wait_for(lambda: not _group_alive(worker.pid), timeout=10, what="the worker's scheduler to stop")
+        finally:
+            if _group_alive(worker.pid):
+                os.killpg(worker.pid, signal.SIGKILL)
+    assert any(event.get("event") == "worker.stopped" for event in chaos.log_events(log))
+    assert connection.scard("rq:workers") == 0
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -149,7 +149,7 @@ def get_job(job_id: str, query: WaitQuery):
             if event is None:
                 break
             if event.get("event") == "status":
-                view = _after(view, event, service("redis"))
+                view = _after(view, event)
                 if view is None:
                     raise _no_job(job_id)
         return _answer(JobOut, view)
@@ -170,7 +170,6 @@ def job_events(job_id: str):
         subscription.close()
         raise
     registry = service("registry")
-    connection = service("redis")
 
     def stream():
         with subscription:
@@ -184,7 +183,7 @@ def job_events(job_id: str):
                 elif event.get("event") == "progress":
                     yield _sse("progress", Progress, event["progress"])
                 elif event.get("event") == "status":
-                    view = _after(view, event, connection)
+                    view = _after(view, event)
                     if view is None:
                         return
                     yield _sse("status", JobOut, view)
@@ -247,14 +246,14 @@ def _json(schema: type[BaseModel], view: dict) -> str:
         return json.dumps(answer.model_dump(mode="json", by_alias=True))
 
 
-def _after(view: dict, event: dict, connection) -> dict | None:
+def _after(view: dict, event: dict) -> dict | None:
     """The job as it is after a status event; None if its record is gone for another reason.
 
     A job that keeps no result (`result_ttl: 0`) is deleted as it ends, so its
     last state is the one the event tells, over the last one seen.
     """
     try:
-        return describe(fetch_job(view["id"], connection), service("registry"))
+        return describe(fetch_job(view["id"], service("redis")), service("registry"))
     except NoSuchJobError:
         status = event.get("status")
         return {**view, "status": status, "position": None} if status in TERMINAL else None

@@ -12,16 +12,7 @@ import time
 from apiflask import APIBlueprint, APIFlask
 from flask import Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
-    OutOfMemoryError,
-    RedisError,
-)
-from redis.exceptions import (
-    TimeoutError as RedisTimeoutError,
-)
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from .. import logs, redis_checks
 from ..heartbeats import SchedulerBeats, worker_beats
@@ -84,9 +75,9 @@ def _redis_failed(error: RedisError):
         return render(problem(500, "Internal error: the job store refused the request."))
     logs.event(log, "redis.unavailable", level=logging.WARNING, path=request.path,
                error=f"{type(error).__name__}: {reply}")
-    if isinstance(error, (OutOfMemoryError,)) or "OOM" in reply.upper():
+    if isinstance(error, OutOfMemoryError) or "OOM" in reply.upper():
         cause = "is out of memory; nothing was stored"
-    elif isinstance(error, (RedisConnectionError, RedisTimeoutError)):
+    elif isinstance(error, redis_checks.OUTAGE_ERRORS):
         # The connection may have broken after Redis ran the write, before its answer.
         cause = "is unreachable; what was sent may or may not have been stored (an Idempotency-Key makes a retry safe)"
     else:

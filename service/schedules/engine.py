@@ -168,7 +168,8 @@ class ServiceScheduler(Scheduler):
 
     def _fire(self, due: list[tuple[str, int]], records, now: datetime) -> int:
         """Fire what was read; an entry changed since is left alone (its script finds it moved)."""
-        self._fired: list[int] = []
+        #: The fire scripts' places among the pipeline's replies.
+        self._fired: set[int] = set()
         with self.connection.pipeline(transaction=False) as pipe:
             for (member, score), (state, record) in zip(due, records):
                 name = name_of(member)
@@ -182,13 +183,12 @@ class ServiceScheduler(Scheduler):
                 except Exception as error:  # one broken schedule must not stop the others
                     log.exception("schedule entry %s cannot fire", member)
                     self._park(pipe, member, score, name, f"{type(error).__name__}: {error}")
-            fired = set(self._fired)  # the fire scripts' places among the pipeline's replies
             results = pipe.execute(raise_on_error=False)
         enqueued = 0
         for index, result in enumerate(results):
             if isinstance(result, Exception):
                 log.error("firing a schedule failed: %s", result)
-            elif index in fired and result > 0:
+            elif index in self._fired and result > 0:
                 enqueued += result
         return enqueued
 
@@ -268,7 +268,7 @@ class ServiceScheduler(Scheduler):
             job_index.KEY,
             *(job.key for job in jobs),
         ]
-        self._fired.append(len(pipe))
+        self._fired.add(len(pipe))
         self._fire_script(keys=keys, args=args, client=pipe)
         if limit is not None:
             limit.acquire_and_enqueue(jobs[0].rate_limit_concurrency, pipeline=pipe)

@@ -39,9 +39,11 @@ def free_port() -> int:
 class EmbeddedRedis:
     """`with EmbeddedRedis(data_dir) as url:` runs a Redis server until the block ends."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None):
+    def __init__(self, data_dir: str | Path, port: int | None = None, appendfsync: str = "everysec"):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        #: `always` to fsync the append-only file before each answer (see the README's Redis settings).
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen | None = None
 
     @property
@@ -56,7 +58,7 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--maxmemory-policy", "noeviction",
             "--save", "",
             "--logfile", str(self.data_dir / "redis.log"),

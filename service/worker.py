@@ -767,15 +767,20 @@ class ReliableWorker(ServiceWorker):
 
     def unsubscribe(self):
         # RQ waits up to 1 s for its pub/sub thread, a daemon; a stopping worker
-        # has better uses for the platform's grace period.
-        if self.pubsub_thread:
+        # has better uses for the platform's grace period. The thread is told to
+        # stop before the unsubscribe, whose reply wakes it. Told after, it may
+        # have read that reply already and gone back to waiting for a
+        # subscription (up to RQ's 60 s), which redis-py 8.2's `stop()` waits
+        # out unless given a timeout.
+        thread = self.pubsub_thread
+        if thread:
+            _stop_without_waiting(thread)
             try:
                 self.pubsub.unsubscribe()
             except RedisError:
                 pass
-            self.pubsub_thread.stop()
-            self.pubsub_thread.join(timeout=0.2)
-            if not self.pubsub_thread.is_alive():
+            thread.join(timeout=0.2)
+            if not thread.is_alive():
                 self.pubsub.close()
 
     def recycle_reason(self, jobs_done: int) -> str:
@@ -902,6 +907,15 @@ def run(settings: Settings) -> None:
         _stop_on_signal()
         time.sleep(1)
         redis_checks.wait_until_reachable(connection)
+
+
+def _stop_without_waiting(thread) -> None:
+    """Tell redis-py's pub/sub thread to stop at its next wake, without waiting
+    for it (redis-py before 8.2 never waits, and takes no timeout)."""
+    try:
+        thread.stop(timeout=0)
+    except TypeError:
+        thread.stop()
 
 
 def _stop_on_signal() -> None:

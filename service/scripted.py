@@ -8,7 +8,9 @@ trip instead of three, and the records are RQ's, field for field.
 """
 from __future__ import annotations
 
+from redis import Redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 
 # Defines run(call, first): runs the commands in ARGV from `first` on (each
 # given as its length, then its words) through `call` (redis.call, or
@@ -47,3 +49,47 @@ def words(pipe: Pipeline) -> list:
         found.append(len(command))
         found.extend(command)
     return found
+
+
+#: Seconds a `WrittenOnce` mark is kept: far longer than a resend takes (redis-py
+#: sends a command again at once, after a broken connection).
+MARK_TTL = 300
+
+# KEYS: the mark; ARGV: its TTL, then the writes (`RUN`'s form). Runs the
+# writes and leaves the mark, unless the mark is there: a call sent again.
+ONCE = RUN + """
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
+    return 0
+end
+run(redis.call, 2)
+return 1
+"""
+
+
+class WrittenOnce:
+    """A Redis client whose transactions are each applied at most once, under one mark.
+
+    RQ writes how a job's run ended (failed, stopped, retried) in one MULTI/EXEC
+    that nothing guards: when the connection breaks after Redis ran it, redis-py
+    sends it again, and a second result is stored, the worker's counts doubled
+    and a retry queued twice. Given to RQ in place of the worker's client for
+    that write, this one sends the same commands as `ONCE` (a script registered
+    on the client), with the run's own mark. Anything else is the client's.
+    """
+
+    def __init__(self, connection: Redis, once: Script, mark: str):
+        self._connection, self._once, self._mark = connection, once, mark
+
+    def __getattr__(self, name: str):
+        return getattr(self._connection, name)
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = self._connection.pipeline(transaction, shard_hint)
+        pipe.execute = lambda raise_on_error=True: self._send(pipe)  # type: ignore[method-assign]
+        return pipe
+
+    def _send(self, pipe: Pipeline) -> list:
+        commands = words(pipe)
+        pipe.reset()
+        self._once(keys=[self._mark], args=[MARK_TTL, *commands])
+        return []

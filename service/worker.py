@@ -99,6 +99,9 @@ run(redis.call, 2)
 return 1
 """
 
+#: Marks of runs whose end is recorded (`_recorded_once`), by job and execution.
+_ENDED_PREFIX = "rq:svc:ended:"
+
 #: Seconds between two looks of the supervisor at its executor (memory, timeout, heartbeat due).
 _TICK = 1.0
 
@@ -187,6 +190,7 @@ class ReliableWorker(ServiceWorker):
         super().__init__(queues, **kwargs)
         self.dequeuer = Dequeuer(self.connection, self.name)
         self._succeed = self.connection.register_script(_SUCCEED)
+        self._once = self.connection.register_script(scripted.ONCE)
         #: Finished jobs counted for /metrics, not yet written.
         self.finished = metrics.FinishedTally()
         self.recovery = recovery.Recovery(
@@ -657,9 +661,24 @@ class ReliableWorker(ServiceWorker):
         release_slot(job)
         return True
 
+    @contextlib.contextmanager
+    def _recorded_once(self, job, execution):
+        """RQ's record of how `execution` ended, applied once however often the
+        client sends it (`scripted.WrittenOnce`, marked with the execution)."""
+        if execution is None:
+            yield
+            return
+        connection = self.connection
+        self.connection = scripted.WrittenOnce(connection, self._once, f"{_ENDED_PREFIX}{job.id}:{execution.id}")
+        try:
+            yield
+        finally:
+            self.connection = connection
+
     def handle_job_retry(self, job, queue, retry, started_job_registry, execution):
         exceeded = bool(job.number_of_retries and job.number_of_retries >= retry.max)
-        super().handle_job_retry(job, queue, retry, started_job_registry, execution)
+        with self._recorded_once(job, execution):
+            super().handle_job_retry(job, queue, retry, started_job_registry, execution)
         fields = logs.job_fields(job)
         if exceeded:
             metrics.record_failed(self.connection, fields["job"])
@@ -696,7 +715,8 @@ class ReliableWorker(ServiceWorker):
                 )
                 return
         retried = job.should_retry and self._stopped_job_id != job.id
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        with self._recorded_once(job, execution):
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         if self.is_horse and job.get_status(refresh=True) == JobStatus.STARTED:
             # RQ could not write the failure (it logs why and carries on): let
             # the main process requeue the job instead.

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 from redis import Redis
 
+from service import scripted
 from service.embedded_redis import EmbeddedRedis
 from tests import chaos, processes
 from tests.conftest import wait_for
@@ -649,6 +650,40 @@ def test_a_success_kept_for_no_time_whose_transaction_lost_its_reply_is_counted_
     assert cutter.cuts == 1
     assert client.get(f"/jobs/{job_id}").status_code == 404
     assert connection.hget(worker.key, "successful_job_count") == b"1", "one run, counted once"
+
+
+def test_a_failure_whose_record_lost_its_reply_is_recorded_once(client, settings, connection, cut_worker):
+    """RQ writes a failure in one transaction: the worker's count, the job's
+    status, its result and its place in the failed registry. It runs, its reply
+    is lost and the client sends it again: still one result, counted once."""
+    worker, cutter, _clock = cut_worker
+    job_id, job = _posted_and_taken(client, settings, worker, {"job": "demo.fail", "retry": {"max": 0}})
+    execution = worker._claim(job)
+    connection.script_load(scripted.ONCE)  # so the reply lost is the write's, not a NOSCRIPT
+    cutter.cut_reply_to(b"failed_job_count")  # only in the failure's write
+    worker.perform_job(job, worker._queue("default"), execution)
+    assert cutter.cuts == 1
+    assert client.get(f"/jobs/{job_id}").json["status"] == "failed"
+    assert [result.type.name for result in job.results()] == ["FAILED"], "one run, one result"
+    assert connection.hget(worker.key, "failed_job_count") == b"1", "one run, counted once"
+
+
+def test_a_retry_whose_record_lost_its_reply_is_queued_once(client, settings, connection, cut_worker):
+    """A failing job with retries left goes back to its queue in the same kind
+    of transaction: sent again, it must not queue the job twice (a second copy
+    would spend a retry early, or run beside the first)."""
+    worker, cutter, _clock = cut_worker
+    job_id, job = _posted_and_taken(
+        client, settings, worker, {"job": "demo.fail", "retry": {"max": 2, "backoff": [0]}}
+    )
+    execution = worker._claim(job)
+    connection.script_load(scripted.ONCE)
+    cutter.cut_reply_to(b"failed_job_count")
+    worker.perform_job(job, worker._queue("default"), execution)
+    assert cutter.cuts == 1
+    assert client.get(f"/jobs/{job_id}").json["status"] == "queued"
+    assert connection.lrange("rq:queue:default", 0, -1) == [job_id.encode()], "queued once"
+    assert connection.hget(job.key, "retries_left") == b"1", "one retry spent"
 
 
 @pytest.mark.parametrize("swept", [False, True])

@@ -110,11 +110,9 @@ class ScriptBatcher:
         """Each call's reply, or its error. The calls go out packed in one write,
         as a pipeline would send them, but without redis-py's per-command layers
         (argument checks, the pipeline's bookkeeping, reply callbacks), which
-        cost as much CPU as Redis spends running the script. A connection that
-        a Redis restart broke is reopened and the batch sent once more, as the
-        client's retry policy (`service.connection`) does for a command; Redis
-        may have run some of its calls already, so a script sent through here
-        must be safe to run twice (the enqueue script writes a job once)."""
+        cost as much CPU as Redis spends running the script. Sent as `exchange`
+        sends, so a script sent through here must be safe to run twice (the
+        enqueue script writes a job once)."""
         results: list[Any] = [None] * len(batch)
         packed: list[bytes] = []
         sent: list[int] = []
@@ -126,26 +124,33 @@ class ScriptBatcher:
                 results[i] = error  # fails its own call, not its neighbours'
         if not sent:
             return results
-        conn, data = self._own_connection(), b"".join(packed)
-        try:
-            replies = self._exchange(conn, data, len(sent))
-        except RedisConnectionError:
-            conn.disconnect()
-            replies = self._exchange(conn, data, len(sent))
-        for i, reply in zip(sent, replies):
+        for i, reply in zip(sent, exchange(self._own_connection(), b"".join(packed), len(sent))):
             results[i] = reply
         return results
 
-    @staticmethod
-    def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list[Any]:
-        conn.send_packed_command([packed])
-        results: list[Any] = []
-        for _ in range(count):
-            try:
-                results.append(conn.read_response())
-            except ResponseError as error:
-                results.append(error)
-        return results
+
+def exchange(conn: AbstractConnection, packed: bytes, count: int) -> list[Any]:
+    """Send `count` packed commands, read their replies (an error Redis answers
+    is a reply, returned). A connection that a Redis restart broke is reopened
+    and the commands sent once more, as the client's retry policy
+    (`service.connection`) does for a command: Redis may have run some of them
+    already, so they must be safe to run twice."""
+    try:
+        return _exchange(conn, packed, count)
+    except RedisConnectionError:
+        conn.disconnect()
+        return _exchange(conn, packed, count)
+
+
+def _exchange(conn: AbstractConnection, packed: bytes, count: int) -> list[Any]:
+    conn.send_packed_command([packed])
+    results: list[Any] = []
+    for _ in range(count):
+        try:
+            results.append(conn.read_response())
+        except ResponseError as error:
+            results.append(error)
+    return results
 
 
 #: Every batcher of this process.

@@ -151,8 +151,8 @@ class Dequeuer:
         self._looked_at = clock()
         self.worker_name = worker_name
         self.key = dequeued_key(worker_name)
-        self._take = connection.register_script(_TAKE)
-        self._claim = connection.register_script(_CLAIM)
+        self._take = scripted.PackedScript(connection, _TAKE)
+        self._claim = scripted.PackedScript(connection, _CLAIM)
         #: Whether the list may hold a job (so a take looks there first); False
         #: once this worker has claimed or dropped what it took.
         self._may_hold = True

@@ -189,8 +189,8 @@ class ReliableWorker(ServiceWorker):
         kwargs.setdefault("job_monitoring_interval", max(1, int(settings.worker_heartbeat_interval)))
         super().__init__(queues, **kwargs)
         self.dequeuer = Dequeuer(self.connection, self.name)
-        self._succeed = self.connection.register_script(_SUCCEED)
-        self._once = self.connection.register_script(scripted.ONCE)
+        self._succeed = scripted.PackedScript(self.connection, _SUCCEED)
+        self._once = scripted.PackedScript(self.connection, scripted.ONCE)
         #: Finished jobs counted for /metrics, not yet written.
         self.finished = metrics.FinishedTally()
         self.recovery = recovery.Recovery(

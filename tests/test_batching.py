@@ -1,10 +1,13 @@
-"""Concurrent script calls share round trips, yet each gets its own answer."""
+"""Script calls sent without redis-py's per-command layers: concurrent calls share
+round trips, yet each gets its own answer (`ScriptBatcher`); a lone call has its
+words packed in C (`PackedScript`). Both survive what a plain call survives."""
 import threading
 
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from service.batching import ScriptBatcher
+from service.scripted import PackedScript
 from tests.conftest import wait_for
 
 # Appends ARGV[1] to a list and answers with the list's length; fails on "boom".
@@ -81,16 +84,23 @@ def test_a_call_with_an_argument_redis_cannot_take_fails_alone(connection):
     assert connection.llen("log") == 10
 
 
-def test_scripts_flushed_from_redis_are_loaded_again(connection):
-    batcher = ScriptBatcher(connection, SCRIPT)
+@pytest.fixture(params=[ScriptBatcher, PackedScript], ids=["batched", "packed"])
+def kind(request):
+    return request.param
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(connection, kind):
+    batcher = kind(connection, SCRIPT)
     assert batcher(["log"], ["first"]) == 1
     connection.script_flush()
     assert batcher(["log"], ["second"]) == 2
 
 
-def test_a_connection_redis_closed_is_opened_again_and_the_call_runs_once(connection):
-    """A Redis restart breaks the batcher's kept connection; the next call must not fail for it."""
-    batcher = ScriptBatcher(connection, SCRIPT)
+def test_a_connection_redis_closed_is_opened_again_and_the_call_runs_once(connection, redis_url, kind):
+    """A Redis restart breaks the connection the last call went out on; the next call must not fail for it."""
+    from redis import Redis
+
+    batcher = kind(Redis.from_url(redis_url), SCRIPT)  # a client of its own, whose connections the kill breaks
     assert batcher(["log"], ["first"]) == 1
     killed = connection.client_kill_filter(_type="normal", skipme=True)
     assert killed >= 1
@@ -98,7 +108,7 @@ def test_a_connection_redis_closed_is_opened_again_and_the_call_runs_once(connec
     assert [item.decode() for item in connection.lrange("log", 0, -1)] == ["first", "second"]
 
 
-def test_calls_fail_with_the_connection_and_the_next_are_not_stuck_behind_them():
+def test_calls_fail_with_the_connection_and_the_next_are_not_stuck_behind_them(kind):
     from redis import Redis
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError
@@ -106,18 +116,28 @@ def test_calls_fail_with_the_connection_and_the_next_are_not_stuck_behind_them()
 
     from service.embedded_redis import free_port
 
-    batcher = ScriptBatcher(Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)), SCRIPT)
+    batcher = kind(Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)), SCRIPT)
     for _ in range(2):
         with pytest.raises(ConnectionError):
             batcher(["log"], ["never"])
 
 
-def test_a_forked_child_sends_on_a_connection_of_its_own(connection):
+def test_a_packed_call_refused_or_with_a_word_redis_has_no_type_for_fails_and_the_next_runs(connection):
+    script = PackedScript(connection, SCRIPT)
+    with pytest.raises(ResponseError, match="refused boom"):
+        script(["log"], ["boom"])
+    with pytest.raises(DataError):
+        script(["log"], [None])  # as redis-py refuses it, before anything is sent
+    assert script(["log"], ["first"]) == 1
+    assert [item.decode() for item in connection.lrange("log", 0, -1)] == ["first"]
+
+
+def test_a_forked_child_sends_on_a_connection_of_its_own(connection, kind):
     """Parent and child call at once: on one shared socket they would read each other's replies."""
     import json
     import os
 
-    batcher = ScriptBatcher(connection, SCRIPT)
+    batcher = kind(connection, SCRIPT)
     assert batcher(["log"], ["before"]) == 1
 
     def calls(who):

@@ -100,16 +100,18 @@ def words(pipe: Pipeline) -> list:
 
 
 #: Seconds a `WrittenOnce` mark is kept: far longer than a resend takes (redis-py
-#: sends a command again at once, after a broken connection).
+#: sends a command again at once, after a broken connection), or than a second
+#: handler of the same run comes after the first (in the same moment).
 MARK_TTL = 300
 
 # KEYS: the mark; ARGV: its TTL, then the writes (`RUN`'s form). Runs the
 # writes and leaves the mark, unless the mark is there: a call sent again.
+# Each write runs whatever the others do, as in the MULTI/EXEC it replaces.
 ONCE = RUN + """
 if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
     return 0
 end
-run(redis.call, 2)
+run(redis.pcall, 2)
 return 1
 """
 

@@ -102,6 +102,10 @@ return 1
 #: Marks of runs whose end is recorded (`_recorded_once`), by job and execution.
 _ENDED_PREFIX = "rq:svc:ended:"
 
+
+def _end_mark(job, execution) -> str:
+    return f"{_ENDED_PREFIX}{job.id}:{execution.id}"
+
 #: Seconds between two looks of the supervisor at its executor (memory, timeout, heartbeat due).
 _TICK = 1.0
 
@@ -383,7 +387,9 @@ class ReliableWorker(ServiceWorker):
         for key in self.connection.smembers(self.executions_key):
             owner, execution_id = as_text(key).split(":", 1)
             if owner == job_id:
-                return Execution(id=execution_id, job_id=job_id, connection=self.connection)
+                # Named as this worker's, so that recording its end takes it
+                # out of the index too, and no later look finds it again.
+                return Execution(id=execution_id, job_id=job_id, connection=self.connection, worker_name=self.name)
         return None
 
     def _enforce_limits(self, job, execution) -> None:
@@ -669,7 +675,7 @@ class ReliableWorker(ServiceWorker):
             yield
             return
         connection = self.connection
-        self.connection = scripted.WrittenOnce(connection, self._once, f"{_ENDED_PREFIX}{job.id}:{execution.id}")
+        self.connection = scripted.WrittenOnce(connection, self._once, _end_mark(job, execution))
         try:
             yield
         finally:
@@ -714,6 +720,10 @@ class ReliableWorker(ServiceWorker):
                     execution=execution,
                 )
                 return
+        if execution is not None and self.connection.exists(_end_mark(job, execution)):
+            # Its end is recorded: RQ fails a run whose retry was written when
+            # what follows that write raises. It stays as it was recorded.
+            return
         retried = job.should_retry and self._stopped_job_id != job.id
         with self._recorded_once(job, execution):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)

@@ -686,6 +686,43 @@ def test_a_retry_whose_record_lost_its_reply_is_queued_once(client, settings, co
     assert connection.hget(job.key, "retries_left") == b"1", "one retry spent"
 
 
+def test_a_run_whose_retry_is_recorded_is_not_recorded_again_as_failed(client, settings, connection, cut_worker):
+    """RQ hands a run to its failure handler when anything raises after the
+    run's retry was written (a count that Redis refused, say). The run is
+    recorded already: it stays queued for its retry, with one retry spent."""
+    worker, _cutter, _clock = cut_worker
+    job_id, job = _posted_and_taken(
+        client, settings, worker, {"job": "demo.fail", "retry": {"max": 2, "backoff": [0]}}
+    )
+    execution = worker._claim(job)
+    worker.perform_job(job, worker._queue("default"), execution)
+    worker.handle_job_failure(job, worker._queue("default"), exc_string="Traceback ...\nRedisError: refused",
+                              execution=execution)
+    view = client.get(f"/jobs/{job_id}").json
+    assert view["status"] == "queued"
+    assert connection.lrange("rq:queue:default", 0, -1) == [job_id.encode()]
+    assert connection.hget(job.key, "retries_left") == b"1"
+    assert len(view["history"]) == 1, "one failed attempt in its history"
+    assert connection.hget(worker.key, "failed_job_count") == b"1"
+
+
+def test_a_run_its_worker_settled_is_settled_once(client, settings, connection, cut_worker):
+    """The supervisor settles a run its executor died in, and tries again after
+    a Redis error: a run settled already is no longer this worker's to settle."""
+    import signal
+
+    worker, _cutter, _clock = cut_worker
+    job_id, job = _posted_and_taken(
+        client, settings, worker, {"job": "demo.fail", "retry": {"max": 2, "backoff": [0]}}
+    )
+    worker._claim(job)
+    for _ in range(2):
+        worker._settle_once(job_id, signal.SIGKILL)  # the wait status of an executor killed by SIGKILL
+        assert not connection.smembers(worker.executions_key), "the run is no longer the worker's"
+    assert connection.lrange("rq:queue:default", 0, -1) == [job_id.encode()]
+    assert connection.hget(job.key, "retries_left") == b"1"
+
+
 @pytest.mark.parametrize("swept", [False, True])
 def test_a_success_is_recorded_when_the_job_s_record_was_saved_before_it(
     client, settings, connection, cut_worker, monkeypatch, swept

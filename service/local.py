@@ -1,7 +1,8 @@
 """`make run`: the whole service on one machine.
 
 Starts an embedded Redis (data under ./var/redis) unless REDIS_URL is set, then
-every process of the Procfile with honcho. Ctrl-C stops them all, Redis last.
+every process of the Procfile with honcho. Ctrl-C, or a SIGTERM to this process,
+stops them all, Redis last.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
+    # A SIGTERM (`kill`, a process manager) is taken as Ctrl-C: without it, this
+    # process alone would end, and Redis and the Procfile's processes run on.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     env = dict(os.environ)
     port = env.setdefault("PORT", "5000")
     # On a laptop the API is for this machine only.
@@ -35,19 +39,19 @@ def main() -> int:
         redis = EmbeddedRedis(ROOT / "var" / "redis")
         env["REDIS_URL"] = redis.start()
         print(f"Embedded Redis at {env['REDIS_URL']} (data in var/redis)", flush=True)
-    base = f"http://127.0.0.1:{port}"
-    print(f"API        {base}/jobs   (docs {base}/docs)", flush=True)
-    print(f"Dashboard  {base}/rq   (any user name, the token as password)", flush=True)
-    honcho = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", port],
-        env=env,
-    )
     try:
+        base = f"http://127.0.0.1:{port}"
+        print(f"API        {base}/jobs   (docs {base}/docs)", flush=True)
+        print(f"Dashboard  {base}/rq   (any user name, the token as password)", flush=True)
+        honcho = subprocess.Popen(
+            [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", port],
+            env=env,
+        )
         while True:
             try:
                 return honcho.wait()
             except KeyboardInterrupt:
-                # The terminal sent SIGINT to honcho too; let it stop its processes.
+                # Ctrl-C reached honcho too, a SIGTERM did not: either way, it stops its processes.
                 honcho.send_signal(signal.SIGINT)
     finally:
         if redis is not None:

@@ -53,3 +53,38 @@ def test_the_dashboard_serves_queue_data(procfile):
     assert page.status_code == 200
     queues = requests.get(f"{procfile}/rq/0/data/queues.json", headers=processes.AUTH, timeout=5).json()["queues"]
     assert "low" in {q["name"] for q in queues}
+
+
+def test_make_run_stopped_with_sigterm_stops_every_process_it_started(redis_url, tmp_path):
+    """`make run` (`python -m service.local`) stopped by `kill` or a process
+    manager, not Ctrl-C: the Procfile's processes stop with it, rather than run
+    on without it and hold the port."""
+    import signal
+    import sys
+
+    import psutil
+
+    from service.embedded_redis import free_port
+
+    port = free_port()
+    env = processes.process_env(redis_url, PORT=str(port))
+    with processes.running([sys.executable, "-m", "service.local"], env, tmp_path / "run.log") as run:
+
+        def up():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok
+            except requests.RequestException:
+                assert run.poll() is None, (tmp_path / "run.log").read_text()
+                return False
+
+        wait_for(up, timeout=30, what="make run to answer /health")
+        started = psutil.Process(run.pid).children(recursive=True)
+        commands = " ".join(" ".join(process.cmdline()) for process in started)
+        assert "honcho" in commands and "worker.py" in commands and "scheduler.py" in commands
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=30)
+        _, alive = psutil.wait_procs(started, timeout=30)
+        left = [" ".join(process.cmdline()) for process in alive]
+        for process in alive:  # stopped here, not left to the next test
+            process.kill()
+        assert not left, f"still running after the SIGTERM: {left}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
 import sys
 import time
 import uuid
@@ -25,6 +26,7 @@ from service.settings import Settings
 from service.worker import build_worker
 from tests import chaos
 from tests.conftest import wait_for
+from tests.processes import ROOT
 
 
 def _metrics(client) -> dict[tuple[str, tuple], float]:
@@ -150,6 +152,16 @@ def test_a_busy_worker_writes_its_counts_once_a_second_in_one_batch(client, conn
     assert counted[("rq_job_duration_seconds_bucket", (("job", "demo.add"), ("le", "0.01")))] == 1
     assert counted[("rq_job_duration_seconds_bucket", (("job", "demo.add"), ("le", "0.25")))] == 3
     assert abs(counted[("rq_job_duration_seconds_sum", (("job", "demo.add"),))] - 0.234) < 1e-9
+
+
+@pytest.mark.parametrize("entry_point", ["worker", "scheduler"])
+def test_the_worker_and_the_scheduler_load_nothing_only_the_web_needs(entry_point):
+    # Each of these would cost every worker and scheduler process its memory for nothing.
+    web_only = ("flask", "apiflask", "prometheus_client", "rq_dashboard", "gevent")
+    probe = f"import sys, {entry_point}; print(' '.join(m for m in {web_only!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=ROOT).stdout.split()
+    assert loaded == []
 
 
 def test_a_suspended_worker_takes_no_job_until_resumed(client, connection, worker_process):

@@ -16,7 +16,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 
 from .. import logs, redis_checks
 from ..heartbeats import SchedulerBeats, worker_beats
-from ..metrics import JobServiceCollector
+from ..metrics_collector import JobServiceCollector
 from ..problems import problem, render
 from . import service
 

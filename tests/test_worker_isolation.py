@@ -18,6 +18,7 @@ import psutil
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from service import executor
 from service.queues import ServiceJob, fetch_job
 from service.worker import build_worker
 from tests import chaos, processes
@@ -225,3 +226,37 @@ def _group_alive(group: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_each_job_and_the_programs_it_starts_find_its_id_in_the_environment(connection, redis_url, tmp_path):
+    with _worker(redis_url, tmp_path / "worker.log"):
+        job_ids = [_enqueue(connection, "environment") for _ in range(3)]
+        wait_for(lambda: set(chaos.statuses(connection, job_ids).values()) == {"finished"}, timeout=30,
+                 what="the jobs to run")
+        [worker_key] = connection.smembers("rq:workers")
+    worker_name = worker_key.decode().removeprefix("rq:worker:")
+    seen = [fetch_job(job_id, connection).return_value() for job_id in job_ids]
+    for job_id, environment in zip(job_ids, seen):
+        assert environment == {"RQ_JOB_ID": job_id, "RQ_WORKER_ID": worker_name,
+                               "program's RQ_JOB_ID": job_id, "program's RQ_WORKER_ID": worker_name}
+
+
+def test_running_job_after_job_does_not_grow_the_executor_s_environment():
+    # glibc keeps every value ever given to setenv: a job id set that way for
+    # each job would cost an executor about 90 bytes a job, for good.
+    environment = executor.JobEnvironment("worker.test")
+    saved = os.environ.get("RQ_JOB_ID"), os.environ.get("RQ_WORKER_ID")
+    try:
+        before = psutil.Process().memory_info().rss
+        for _ in range(200_000):
+            environment.set(str(uuid.uuid4()))
+        grown_mb = (psutil.Process().memory_info().rss - before) / 2**20
+        assert os.environ["RQ_JOB_ID"] == subprocess.run(
+            ["sh", "-c", "echo $RQ_JOB_ID"], capture_output=True, text=True, check=True).stdout.strip()
+    finally:
+        for name, value in zip(("RQ_JOB_ID", "RQ_WORKER_ID"), saved):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    assert grown_mb < 4, f"the environment grew {grown_mb:.1f} MB over 200,000 jobs"

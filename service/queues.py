@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import weakref
 from functools import lru_cache
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 from redis import Redis
 from redis.client import Pipeline
@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, WatchError
 from rq.exceptions import NoSuchJobError
 from rq.job import JOB_ID_PATTERN, Job
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
+from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from .registry import JobRegistry
@@ -51,6 +51,14 @@ class RecoveredStartedRegistry(StartedJobRegistry):
 
     def add_execution(self, execution, pipeline, ttl: int = 0, xx: bool = False) -> int:
         return super().add_execution(execution, pipeline, ttl=-1, xx=xx)  # -1: a score of +inf
+
+
+class _QueueOf(NamedTuple):
+    """What RQ's registries take from a queue when given one (`queue=`)."""
+
+    name: str
+    connection: Redis
+    serializer: Any
 
 
 class ServiceJob(Job):
@@ -91,11 +99,19 @@ class ServiceJob(Job):
         known = raw_data.get(b"webhook", raw_data.get("webhook"))  # "" (none) is an answer too
         self.has_webhook = None if known is None else known in (b"1", "1")
 
+    # RQ builds the job's started and finished registries each time it runs
+    # one, checking the serializer again each time (see `__init__`); the job's
+    # own is checked already, so they are given it as a queue would give it.
     @property
     def started_job_registry(self):
-        return RecoveredStartedRegistry(
-            self.origin, connection=self.connection, job_class=type(self), serializer=self.serializer
-        )
+        return RecoveredStartedRegistry(queue=self._as_queue(), job_class=type(self))
+
+    @property
+    def finished_job_registry(self):
+        return FinishedJobRegistry(queue=self._as_queue(), job_class=type(self))
+
+    def _as_queue(self) -> Any:
+        return _QueueOf(self.origin, self.connection, self.serializer)
 
     @property
     def func(self):

@@ -46,7 +46,7 @@ TOKEN = "bench-token-0123456789abcdef"
 #: Rate limits that apply to every request but never refuse one at benchmark speed:
 #: the counting costs what it costs in production, and no answer is a cheap 429.
 UNREACHED_LIMIT = "100000000 per minute"
-#: The no-op job every benchmark runs (`jobs.demo.add`).
+#: The no-op job every benchmark runs (`jobs.demo.add`; plain RQ runs the same function from `_noop`).
 NOOP_JOB = {"job": "demo.add", "args": [1, 2]}
 
 
@@ -402,10 +402,15 @@ def plain_rq_enqueuer(redis_url: str):
     """A function that enqueues the no-op job as RQ's documentation does (pickle, `default`)."""
     from rq import Queue
 
-    from jobs.demo import add
+    from _noop import add
 
     queue = Queue("default", connection=Redis.from_url(redis_url))
     return lambda: queue.enqueue(add, 1, 2)
+
+
+def rq_worker_command(redis_url: str, *options: str) -> list[str]:
+    """Plain `rq worker`, able to import the baselines' job (`_noop`)."""
+    return [str(BIN / "rq"), "worker", "--url", redis_url, "--path", str(BENCH), *options]
 
 
 # --- Celery, the outside baseline, in a virtualenv of its own ----------------

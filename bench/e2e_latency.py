@@ -33,7 +33,7 @@ def main() -> None:
     p99 = {name: c.Figure() for name in systems}
     with c.redis_server(directory) as redis:
         env = c.service_env(redis.url)
-        rq_cli = [str(c.BIN / "rq"), "worker", "--url", redis.url, "default"]
+        rq_cli = c.rq_worker_command(redis.url, "default")
         for round_ in range(args.rounds):
             for name in systems:
                 redis.reset()

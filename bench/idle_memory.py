@@ -48,7 +48,7 @@ def main() -> None:
                 worker = stack.enter_context(c.started([c.PYTHON, "worker.py"], env=env, log_path=log_path))
                 scheduler = stack.enter_context(c.started([c.PYTHON, "scheduler.py"], env=env, log_path=log_path))
                 plain = stack.enter_context(c.started(
-                    [str(c.BIN / "rq"), "worker", "--url", redis.url, "plain"], env=env, log_path=log_path))
+                    c.rq_worker_command(redis.url, "plain"), env=env, log_path=log_path))
                 c.wait_until(lambda: redis.client.scard("rq:workers") >= 2, 60, "the workers to register")
                 c.wait_until(lambda: _executor(worker.pid), 60, "the worker's executor to start")
                 _use(base, {"Authorization": f"Bearer {c.TOKEN}"})

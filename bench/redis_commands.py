@@ -94,7 +94,7 @@ def _measure(name, redis: c.RedisServer, base, env, celery_python, jobs, directo
         command, cwd, worker_env = c.celery_worker_command(celery_python), c.BENCH, c.celery_env(redis.url)
         done = lambda: snapshot.query("llen", "celery") == 0 and snapshot.query("hlen", "unacked") == 0  # noqa: E731
     else:
-        cli = [c.PYTHON, "worker.py"] if name == "service" else [str(c.BIN / "rq"), "worker", "--url", redis.url]
+        cli = [c.PYTHON, "worker.py"] if name == "service" else c.rq_worker_command(redis.url)
         command, cwd, worker_env = cli, c.ROOT, env
         done = lambda: snapshot.query("zcard", "rq:finished:default") >= jobs  # noqa: E731
     with c.started(command, env=worker_env, log_path=log_path, cwd=cwd):

@@ -11,7 +11,8 @@ until the queue is empty or `--seconds` have passed, so start-up is not counted.
 - service: `python worker.py` × `--workers` (the Procfile's worker, JSON jobs
   enqueued through `service.enqueue`);
 - plain rq worker: `rq worker` as installed, one process, forking a child per job
-  (jobs enqueued with `Queue.enqueue`, RQ's defaults);
+  (jobs enqueued with `Queue.enqueue`, RQ's defaults; the same function from
+  `bench/_noop.py`, which a work-horse imports in no time);
 - rq SimpleWorker: `rq worker -w rq.worker.SimpleWorker`, one process, no fork;
 - Celery solo: `celery worker -P solo`, one process, results kept in Redis, from a
   virtualenv of its own under var/ (made on first run; skipped if it cannot install).
@@ -43,7 +44,7 @@ def main() -> None:
         service_enqueue = c.service_enqueuer(redis.url)
         plain_enqueue = c.plain_rq_enqueuer(redis.url)
         env = c.service_env(redis.url)
-        rq_cli = [str(c.BIN / "rq"), "worker", "--url", redis.url, "default"]
+        rq_cli = c.rq_worker_command(redis.url, "default")
         setups = {
             service_name: ("service", lambda n: _repeat(service_enqueue, n),
                            [([c.PYTHON, "worker.py"], env, c.ROOT)] * args.workers),

@@ -17,7 +17,6 @@ cleared once its outcome is recorded: no pipe, no system call per job.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import mmap
 import os
@@ -30,6 +29,13 @@ from redis.exceptions import RedisError
 from . import logs
 
 log = logging.getLogger("service.worker")
+
+#: The C library's functions, from the symbols this process has loaded already
+#: (`ctypes.util.find_library` would run `ldconfig` at every executor start).
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
 
 #: The executor's exit statuses (anything else, or a signal, is a crash).
 EXIT_DONE = 0  # stopped, or (burst) the queues are empty
@@ -107,14 +113,11 @@ def die_with_parent(parent: int) -> None:
     gives the supervisor's jobs to other workers once its heartbeat stops. Nor
     must RQ's scheduler process, which would go on holding the scheduler locks.
     """
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        try:
-            libc = ctypes.CDLL(libc_name, use_errno=True)
-            PR_SET_PDEATHSIG = 1
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):  # not Linux: the executor checks its parent between jobs
-            pass
+    try:
+        PR_SET_PDEATHSIG = 1
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the executor checks its parent between jobs
+        pass
     # The kernel sends nothing for a parent that died before the call: one killed
     # between the fork and here has left this process to another parent already.
     if os.getppid() != parent:
@@ -131,7 +134,8 @@ class JobEnvironment:
     Instead the C environment points at one buffer of this object, rewritten for
     each job (`putenv` takes the string itself, not a copy), and `os.environ`,
     Python's copy of the environment, is updated beside it. An id longer than
-    the buffer (RQ lets a client choose one) is set the ordinary way.
+    the buffer (RQ lets a client choose one) is set the ordinary way. A thread a
+    job leaves running that reads the variable from C sees the next job's id.
     """
 
     NAME = "RQ_JOB_ID"
@@ -141,12 +145,9 @@ class JobEnvironment:
         os.environ["RQ_WORKER_ID"] = worker_name  # once per executor
         self._prefix = f"{self.NAME}=".encode()
         self._buffer = ctypes.create_string_buffer(len(self._prefix) + self.LONGEST + 1)
-        self._putenv = None
-        libc_name = ctypes.util.find_library("c")
-        if libc_name:
-            putenv = ctypes.CDLL(libc_name, use_errno=True).putenv
-            putenv.argtypes, putenv.restype = [ctypes.c_char_p], ctypes.c_int
-            self._putenv = putenv
+        self._putenv = getattr(_LIBC, "putenv", None)
+        if self._putenv is not None:
+            self._putenv.argtypes, self._putenv.restype = [ctypes.c_char_p], ctypes.c_int
 
     def set(self, job_id: str) -> None:
         value = job_id.encode()

@@ -244,8 +244,8 @@ def test_each_job_and_the_programs_it_starts_find_its_id_in_the_environment(conn
 def test_running_job_after_job_does_not_grow_the_executor_s_environment():
     # glibc keeps every value ever given to setenv: a job id set that way for
     # each job would cost an executor about 90 bytes a job, for good.
-    environment = executor.JobEnvironment("worker.test")
     saved = os.environ.get("RQ_JOB_ID"), os.environ.get("RQ_WORKER_ID")
+    environment = executor.JobEnvironment("worker.test")
     try:
         before = psutil.Process().memory_info().rss
         for _ in range(200_000):

@@ -36,6 +36,9 @@ try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:
     _LIBC = None
+_PUTENV = getattr(_LIBC, "putenv", None)
+if _PUTENV is not None:
+    _PUTENV.argtypes, _PUTENV.restype = [ctypes.c_char_p], ctypes.c_int
 
 #: The executor's exit statuses (anything else, or a signal, is a crash).
 EXIT_DONE = 0  # stopped, or (burst) the queues are empty
@@ -143,22 +146,20 @@ class JobEnvironment:
 
     def __init__(self, worker_name: str) -> None:
         os.environ["RQ_WORKER_ID"] = worker_name  # once per executor
-        self._prefix = f"{self.NAME}=".encode()
+        self._key = os.environ.encodekey(self.NAME)
+        self._prefix = self._key + b"="
         self._buffer = ctypes.create_string_buffer(len(self._prefix) + self.LONGEST + 1)
-        self._putenv = getattr(_LIBC, "putenv", None)
-        if self._putenv is not None:
-            self._putenv.argtypes, self._putenv.restype = [ctypes.c_char_p], ctypes.c_int
 
     def set(self, job_id: str) -> None:
-        value = job_id.encode()
-        if self._putenv is None or len(value) > self.LONGEST:
+        value = os.environ.encodevalue(job_id)
+        if _PUTENV is None or len(value) > self.LONGEST:
             os.environ[self.NAME] = job_id
             return
         self._buffer.value = self._prefix + value
         # Again for every job, in case other code set the variable since (its
         # own copy then took the buffer's place): the same pointer costs nothing.
-        self._putenv(self._buffer)
-        os.environ._data[os.environ.encodekey(self.NAME)] = os.environ.encodevalue(job_id)
+        _PUTENV(self._buffer)
+        os.environ._data[self._key] = value
 
 
 class _Stop(Exception):

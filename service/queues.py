@@ -110,7 +110,7 @@ class ServiceJob(Job):
     def finished_job_registry(self):
         return FinishedJobRegistry(queue=self._as_queue(), job_class=type(self))
 
-    def _as_queue(self) -> Any:
+    def _as_queue(self) -> _QueueOf:
         return _QueueOf(self.origin, self.connection, self.serializer)
 
     @property

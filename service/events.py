@@ -2,19 +2,42 @@
 
 Subscribe first, then read the job's state: an event published in between is
 then never missed.
+
+Every request that follows a job (a long poll, an event stream) shares one
+pub/sub connection of its process (`_Hub`), instead of opening its own: a
+thousand browsers following progress bars cost Redis one connection a web
+process, not a thousand (a managed Redis may allow a few dozen), and a long
+poll costs one SUBSCRIBE, not a TCP (or TLS) connection and its handshake.
 """
 from __future__ import annotations
 
+import collections
 import json
+import os
+import threading
 import time
+import weakref
 from typing import Any, Iterator
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs import _events
 
 #: Statuses after which a job changes no more (unless someone retries it).
 TERMINAL = frozenset({"finished", "failed", "canceled", "stopped"})
+
+#: Seconds without a message after which the shared connection is checked with
+#: a PING (a Redis that went away without closing it is found within twice this).
+PING_INTERVAL = 15.0
+#: Seconds the shared connection stays open with nobody following a job.
+IDLE_CLOSE = 60.0
+#: Events one follower may have waiting; past it, its oldest progress report
+#: is dropped (a later one says more), never a status change.
+MAX_BACKLOG = 1000
+#: What the shared connection calls itself in Redis's CLIENT LIST.
+CLIENT_NAME = "jobservice:events"
 
 
 def status_changed(connection: Redis, job, status: str | None = None) -> None:
@@ -27,19 +50,29 @@ class Subscription:
     """The events of one job, from the moment this is created."""
 
     def __init__(self, connection: Redis, job_id: str):
-        self._pubsub = connection.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(_events.channel(job_id))
+        self._channel = _events.channel(job_id).encode()
+        self._events: collections.deque[dict[str, Any]] = collections.deque()
+        self._arrived = threading.Event()
+        self._error: BaseException | None = None
+        self._hub = _hub(connection)
+        self._hub.follow(self)  # returns once Redis has the subscription
 
     def next(self, timeout: float) -> dict[str, Any] | None:
-        """The next event, or None when `timeout` seconds pass without one."""
+        """The next event, or None when `timeout` seconds pass without one.
+
+        Raises the Redis error that broke the shared connection, if one did."""
         deadline = time.monotonic() + timeout
         while True:
+            if self._events:
+                return self._events.popleft()
+            if self._error is not None:
+                raise self._error
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            message = self._pubsub.get_message(timeout=remaining)
-            if message and message["type"] == "message":
-                return json.loads(message["data"])
+            self._arrived.clear()
+            if not (self._events or self._error):  # else one came since the check
+                self._arrived.wait(remaining)
 
     def events(self, idle_timeout: float) -> Iterator[dict[str, Any] | None]:
         """Events as they come; None after each `idle_timeout` seconds of quiet."""
@@ -47,10 +80,190 @@ class Subscription:
             yield self.next(idle_timeout)
 
     def close(self) -> None:
-        self._pubsub.close()
+        self._hub.leave(self)
 
     def __enter__(self) -> "Subscription":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- called by the hub, with its lock held ----------------------------------
+    def _deliver(self, event: dict[str, Any]) -> None:
+        if len(self._events) >= MAX_BACKLOG:
+            _drop_oldest_progress(self._events)
+        self._events.append(event)
+        self._arrived.set()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._arrived.set()
+
+
+def _drop_oldest_progress(events: collections.deque) -> None:
+    for index, event in enumerate(events):
+        if event.get("event") == "progress":
+            del events[index]
+            return
+    events.popleft()
+
+
+class _Channel:
+    """The followers of one job's channel and the SUBSCRIBE their first one sent."""
+
+    def __init__(self) -> None:
+        self.followers: set[Subscription] = set()
+        self.subscribed = threading.Event()
+
+
+class _Hub:
+    """One pub/sub connection of a process, shared by every `Subscription` of a client.
+
+    A follower sends SUBSCRIBE for its job's channel (unless another follows
+    the job already) and waits for Redis to confirm it; a listener thread (a
+    greenlet under gevent) reads the connection and hands each event to the
+    channel's followers. Sends go out under the lock; only the listener reads.
+    When the connection breaks, every follower gets the error (a long poll
+    answers 503, as when Redis is down) and the next one connects again.
+    """
+
+    def __init__(self, connection: Redis):
+        pool = connection.connection_pool
+        self._connection_class = pool.connection_class
+        # Its own connection, kept out of the pool; no health check of redis-py's,
+        # which would read a reply in the sender's thread (the listener PINGs).
+        self._connection_kwargs = {
+            **pool.connection_kwargs, "health_check_interval": 0, "protocol": 2, "client_name": CLIENT_NAME,
+        }
+        self._timeout = pool.connection_kwargs.get("socket_timeout") or 5.0
+        self._lock = threading.Lock()
+        self._conn = None
+        self._pid = os.getpid()
+        self._channels: dict[bytes, _Channel] = {}
+        # One entry a SUBSCRIBE sent and not yet confirmed, by channel, in the
+        # order sent: Redis confirms in that order, so a confirmation that comes
+        # after its channel was left and followed again is matched to the right one.
+        self._unconfirmed: dict[bytes, collections.deque[threading.Event]] = {}
+        self._idle_since = time.monotonic()
+
+    def follow(self, follower: Subscription) -> None:
+        channel = follower._channel
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the connection and listener are the parent's
+                self._pid, self._conn, self._channels, self._unconfirmed = os.getpid(), None, {}, {}
+            if self._conn is None:
+                self._connect()
+            entry = self._channels.get(channel)
+            if entry is None:
+                entry = self._channels[channel] = _Channel()
+                self._unconfirmed.setdefault(channel, collections.deque()).append(entry.subscribed)
+                try:
+                    self._conn.send_command("SUBSCRIBE", channel, check_health=False)
+                except BaseException as error:
+                    self._broken(error)
+                    raise
+            entry.followers.add(follower)
+        if not entry.subscribed.wait(self._timeout):
+            self.leave(follower)
+            raise RedisTimeoutError(f"Redis did not confirm a subscription within {self._timeout} s")
+        if follower._error is not None:
+            raise follower._error
+
+    def leave(self, follower: Subscription) -> None:
+        channel = follower._channel
+        with self._lock:
+            entry = self._channels.get(channel)
+            if entry is None or follower not in entry.followers:
+                return  # left already, or dropped when the connection broke
+            entry.followers.discard(follower)
+            if entry.followers:
+                return
+            del self._channels[channel]
+            if not self._channels:
+                self._idle_since = time.monotonic()
+            if self._conn is None:
+                return
+            try:
+                self._conn.send_command("UNSUBSCRIBE", channel, check_health=False)
+            except Exception as error:  # the listener finds the connection broken too
+                self._broken(error)
+
+    # -- with the lock held --------------------------------------------------------
+    def _connect(self) -> None:
+        conn = self._connection_class(**self._connection_kwargs)
+        conn.connect()
+        self._conn = conn
+        self._idle_since = time.monotonic()
+        threading.Thread(target=self._listen, args=(conn,), name="job-events", daemon=True).start()
+
+    def _broken(self, error: BaseException) -> None:
+        """Tell every follower, forget every subscription, drop the connection."""
+        for entry in self._channels.values():
+            for follower in entry.followers:
+                follower._fail(error)
+            entry.subscribed.set()  # wakes a follower waiting for it, to find its error
+        self._channels, self._unconfirmed = {}, {}
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
+
+    # -- the listener ----------------------------------------------------------------
+    def _listen(self, conn) -> None:
+        pong_due = None
+        try:
+            while True:
+                if not conn.can_read(timeout=PING_INTERVAL):
+                    with self._lock:
+                        if self._conn is not conn:
+                            return  # dropped by a sender that found it broken
+                        if not self._channels and time.monotonic() - self._idle_since >= IDLE_CLOSE:
+                            conn.disconnect()
+                            self._conn = None
+                            return
+                        if pong_due is not None and time.monotonic() > pong_due:
+                            raise RedisTimeoutError("Redis did not answer a PING on the events connection")
+                        conn.send_command("PING", check_health=False)
+                    pong_due = time.monotonic() + PING_INTERVAL
+                    continue
+                reply = conn.read_response()
+                pong_due = None
+                self._dispatch(conn, reply)
+        except Exception as error:
+            with self._lock:
+                if self._conn is conn:
+                    self._broken(error if isinstance(error, (RedisConnectionError, RedisTimeoutError))
+                                 else RedisConnectionError(f"the events connection broke: {error}"))
+
+    def _dispatch(self, conn, reply) -> None:
+        kind = reply[0]
+        with self._lock:
+            if self._conn is not conn:
+                return
+            if kind == b"message":
+                entry = self._channels.get(reply[1])
+                if entry is not None:
+                    try:
+                        event = json.loads(reply[2])
+                    except ValueError:
+                        return  # not one of ours (`_events.publish` writes JSON): nothing to relay
+                    for follower in entry.followers:
+                        follower._deliver(event)
+            elif kind == b"subscribe":
+                waiting = self._unconfirmed.get(reply[1])
+                if waiting:
+                    waiting.popleft().set()
+                    if not waiting:
+                        del self._unconfirmed[reply[1]]
+            # "unsubscribe" and "pong" need nothing more
+
+
+_hubs: "weakref.WeakKeyDictionary[Redis, _Hub]" = weakref.WeakKeyDictionary()
+_hubs_lock = threading.Lock()
+
+
+def _hub(connection: Redis) -> _Hub:
+    with _hubs_lock:
+        hub = _hubs.get(connection)
+        if hub is None:
+            hub = _hubs[connection] = _Hub(connection)
+        return hub

@@ -1,5 +1,6 @@
 """Following a job: its detail, long polls and Server-Sent Events, with a real worker."""
 import json
+import threading
 
 from tests.conftest import wait_for
 
@@ -124,3 +125,51 @@ def test_a_job_that_keeps_no_result_still_answers_its_long_poll_and_its_stream_w
     events = read_events(client.get(f"/jobs/{job_id}/events"))
     assert [data["status"] for _, data in events][-1] == "finished"
     assert client.get(f"/jobs/{job_id}").status_code == 404  # its record went with it, as asked
+
+
+def _subscribed_connections(connection) -> list[dict]:
+    """Redis's clients that hold a subscription (no worker runs here: only the web's)."""
+    return [c for c in connection.client_list() if int(c["sub"]) > 0]
+
+
+def test_long_polls_one_after_another_open_no_redis_connection_each(client, connection):
+    job_id = post(client, {"job": "demo.add", "args": [1, 2]})  # no worker runs: it stays queued
+    client.get(f"/jobs/{job_id}?wait=0.01")  # the process's events connection opens here, once
+    before = connection.info("stats")["total_connections_received"]
+    for _ in range(20):
+        assert client.get(f"/jobs/{job_id}?wait=0.01").json["status"] == "queued"
+    # Each used to open (and close) a pub/sub connection of its own: 20 here.
+    assert connection.info("stats")["total_connections_received"] - before <= 1
+
+
+def test_clients_following_many_jobs_at_once_share_one_redis_connection(app, connection, work):
+    followers = 12
+    ids = [post(_client_of(app), {"job": "demo.add", "args": [i, 1]}) for i in range(followers)]
+    answers: dict[str, dict] = {}
+
+    def follow(job_id):
+        answers[job_id] = _client_of(app).get(f"/jobs/{job_id}?wait=30").json
+
+    threads = [threading.Thread(target=follow, args=(job_id,)) for job_id in ids]
+    for thread in threads:
+        thread.start()
+    channels = [f"jobservice:events:{job_id}" for job_id in ids]
+    wait_for(lambda: all(count == 1 for _, count in connection.pubsub_numsub(*channels)),
+             what="every follower to be subscribed")
+    assert len(_subscribed_connections(connection)) == 1
+    work()
+    for thread in threads:
+        thread.join(30)
+    assert {job_id: (answer["status"], answer["result"]) for job_id, answer in answers.items()} == {
+        job_id: ("finished", i + 1) for i, job_id in enumerate(ids)
+    }
+    wait_for(lambda: connection.pubsub_numsub(*channels) == [(c.encode(), 0) for c in channels],
+             what="the followers' channels to be left")
+
+
+def _client_of(app):
+    from tests.conftest import bearer
+
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = bearer()["Authorization"]
+    return client

@@ -753,3 +753,43 @@ def test_a_success_is_recorded_when_the_job_s_record_was_saved_before_it(
     if child:
         assert client.get(f"/jobs/{child}").json["status"] == "queued"
 
+
+
+def test_a_long_poll_whose_redis_goes_away_gets_a_503_and_following_works_once_it_is_back(own_redis, tmp_path):
+    """Followers share one pub/sub connection a web process (`service.events`):
+    its loss must reach each of them, and the next follower must connect again."""
+    session = processes.session()
+    redis = own_redis.client()
+    answers: list[tuple[int, float]] = []
+
+    def long_poll(job_id: str) -> None:
+        started = time.monotonic()
+        response = processes.session().get(f"{base}/jobs/{job_id}?wait=30", timeout=40)
+        answers.append((response.status_code, time.monotonic() - started))
+
+    def followed(job_id: str) -> bool:
+        return redis.pubsub_numsub(f"jobservice:events:{job_id}")[0][1] == 1
+
+    with chaos.web(own_redis.url, tmp_path / "web.log") as base:
+        job_id = session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10).json()["id"]
+        follower = threading.Thread(target=long_poll, args=(job_id,))
+        follower.start()
+        wait_for(lambda: followed(job_id), what="the long poll to subscribe")
+        own_redis.kill()
+        follower.join(20)
+        assert [status for status, _ in answers] == [503]
+        assert answers[0][1] < 10, answers  # told at once, not at the end of its wait
+
+        own_redis.start()
+        redis = own_redis.client()
+        wait_for(lambda: session.post(f"{base}/jobs", json={"job": "demo.add", "args": [2, 3]}, timeout=10)
+                 .status_code == 202, timeout=15, what="the API to accept jobs again")
+        job_id = session.post(f"{base}/jobs", json={"job": "demo.add", "args": [3, 4]}, timeout=10).json()["id"]
+        answers.clear()
+        follower = threading.Thread(target=long_poll, args=(job_id,))
+        follower.start()
+        wait_for(lambda: followed(job_id), what="a long poll to subscribe again")
+        with chaos.worker(own_redis.url, tmp_path / "worker.log"):
+            follower.join(40)
+        assert [status for status, _ in answers] == [200]
+        assert session.get(f"{base}/jobs/{job_id}", timeout=10).json()["result"] == 7

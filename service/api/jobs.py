@@ -190,11 +190,14 @@ def job_events(job_id: str):
                     if view["status"] in TERMINAL:
                         return
 
-    return Response(
+    response = Response(
         stream_with_context(stream()),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # A client gone before the stream began never enters `stream`'s `with`.
+    response.call_on_close(subscription.close)
+    return response
 
 
 @bp.delete("/jobs/<job_id>")

@@ -1,0 +1,54 @@
+"""A job's events as the web relays them: one shared pub/sub connection a process."""
+import json
+
+from jobs import _events
+from service.events import MAX_BACKLOG, Subscription
+
+
+def test_a_job_left_and_followed_again_at_once_still_gets_its_events(connection):
+    # The second SUBSCRIBE goes out before Redis has confirmed the UNSUBSCRIBE.
+    for _ in range(50):
+        Subscription(connection, "job-1").close()
+        with Subscription(connection, "job-1") as subscription:
+            _events.publish(connection, "job-1", "status", {"status": "finished"})
+            assert subscription.next(timeout=5) == {"event": "status", "status": "finished"}
+
+
+def test_followers_of_one_job_each_get_every_event_and_others_none(connection):
+    with Subscription(connection, "job-1") as first, Subscription(connection, "job-1") as second, \
+            Subscription(connection, "job-2") as other:
+        _events.publish(connection, "job-1", "progress", {"progress": {"done": 1}})
+        _events.publish(connection, "job-1", "status", {"status": "finished"})
+        for subscription in (first, second):
+            assert [subscription.next(5)["event"], subscription.next(5)["event"]] == ["progress", "status"]
+        assert other.next(timeout=0.05) is None
+
+
+def test_a_follower_that_falls_behind_loses_old_progress_never_a_status(connection):
+    published = MAX_BACKLOG + 500
+    with Subscription(connection, "job-1") as slow, Subscription(connection, "job-1") as prompt:
+        with connection.pipeline(transaction=False) as pipe:
+            _events.publish(connection, "job-1", "status", {"status": "started"}, pipeline=pipe)
+            for done in range(published):
+                _events.publish(connection, "job-1", "progress", {"progress": {"done": done}}, pipeline=pipe)
+            _events.publish(connection, "job-1", "status", {"status": "finished"}, pipeline=pipe)
+            pipe.execute()
+        # Each event reaches both followers at once: once `prompt` has the
+        # last, `slow`, which has read nothing yet, has all it will have.
+        while prompt.next(timeout=5).get("status") != "finished":
+            pass
+        received = []
+        while not received or received[-1].get("status") != "finished":
+            received.append(slow.next(timeout=5))
+    assert len(received) == MAX_BACKLOG
+    assert [e["status"] for e in received if e["event"] == "status"] == ["started", "finished"]
+    progress = [e["progress"]["done"] for e in received if e["event"] == "progress"]
+    assert progress == list(range(published - (MAX_BACKLOG - 2), published))  # the latest, in order
+
+
+def test_a_message_that_is_not_an_event_is_skipped(connection):
+    with Subscription(connection, "job-1") as subscription:
+        connection.publish(_events.channel("job-1"), "not json")
+        _events.publish(connection, "job-1", "status", {"status": "finished"})
+        assert subscription.next(timeout=5) == {"event": "status", "status": "finished"}
+        assert json.dumps(subscription.next(timeout=0.05)) == "null"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ssl
 
-from redis import BlockingConnectionPool, Redis
+from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
@@ -23,13 +23,6 @@ def connect(settings: Settings) -> Redis:
     connection that a Redis restart broke): never after a timeout, when Redis
     may have applied the command already and a retry could push a job twice.
     RQ's worker raises the read timeout itself for its blocking commands.
-
-    A process opens at most `REDIS_MAX_CONNECTIONS` connections: one more
-    request that needs one at that moment waits for a free one, for up to
-    `REDIS_TIMEOUT` (then it is a 503), rather than opening a connection Redis,
-    or a hosted plan's limit, may not have room for, which would take it from
-    the workers too. (The events connection of a web process,
-    `service.events`, is not counted: it is one.)
     """
     options: dict = {
         "health_check_interval": 30,
@@ -40,7 +33,4 @@ def connect(settings: Settings) -> Redis:
     }
     if settings.redis_url.startswith("rediss://") and not settings.redis_tls_verify:
         options["ssl_cert_reqs"] = ssl.CERT_NONE
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_max_connections, timeout=settings.redis_timeout, **options
-    )
-    return Redis.from_pool(pool)
+    return Redis.from_url(settings.redis_url, **options)

@@ -15,10 +15,6 @@ def _env_list(name: str, default: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-#: The fewest connections a process may be limited to (`REDIS_MAX_CONNECTIONS`).
-MIN_REDIS_CONNECTIONS = 5
-
-
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -114,8 +110,6 @@ class Settings:
     #: Seconds to connect to Redis or wait for a reply; the web answers 503
     #: within about this long when Redis is unreachable.
     redis_timeout: float = 1.0
-    #: Connections to Redis one process may hold at once (its pool's size).
-    redis_max_connections: int = 50
     #: Run on a Redis whose maxmemory-policy may evict keys (i.e. delete jobs).
     redis_allow_eviction: bool = False
     #: Seconds between a worker's heartbeats, idle or busy.
@@ -145,11 +139,6 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        if self.redis_max_connections < MIN_REDIS_CONNECTIONS:
-            raise SystemExit(
-                f"REDIS_MAX_CONNECTIONS ({self.redis_max_connections}) must be at least {MIN_REDIS_CONNECTIONS}: "
-                "a worker's process holds several at once (waiting for a job, running one, its heartbeat)"
-            )
         if self.orphan_timeout <= self.worker_heartbeat_interval:
             raise SystemExit(
                 f"ORPHAN_TIMEOUT ({self.orphan_timeout}) must be longer than WORKER_HEARTBEAT_INTERVAL "
@@ -182,7 +171,6 @@ class Settings:
             webhook_timeout=_env_float("WEBHOOK_TIMEOUT", cls.webhook_timeout),
             # Reliability
             redis_timeout=_env_float("REDIS_TIMEOUT", cls.redis_timeout),
-            redis_max_connections=_env_int("REDIS_MAX_CONNECTIONS", cls.redis_max_connections),
             redis_allow_eviction=_env_bool("REDIS_ALLOW_EVICTION", cls.redis_allow_eviction),
             worker_heartbeat_interval=_env_int("WORKER_HEARTBEAT_INTERVAL", cls.worker_heartbeat_interval),
             orphan_timeout=_env_int("ORPHAN_TIMEOUT", cls.orphan_timeout),

@@ -167,34 +167,6 @@ def test_clients_following_many_jobs_at_once_share_one_redis_connection(app, con
              what="the followers' channels to be left")
 
 
-def test_followers_woken_at_once_take_no_more_redis_connections_than_the_limit(settings, connection):
-    from dataclasses import replace
-
-    from service import create_app
-
-    limit, followers = 5, 40
-    app = create_app(replace(settings, redis_max_connections=limit))  # its own pool, as a web process has
-    job_id = post(_client_of(app), {"job": "demo.add", "args": [1, 2]})  # no worker runs: it stays queued
-    before = len(connection.client_list())
-    answers: list[str] = []
-
-    def follow():
-        answers.append(_client_of(app).get(f"/jobs/{job_id}?wait=30").json["status"])
-
-    threads = [threading.Thread(target=follow) for _ in range(followers)]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: connection.pubsub_numsub(f"jobservice:events:{job_id}")[0][1] == 1
-             and len(connection.client_list()) > before, what="the followers to subscribe")
-    # Canceled: every follower wakes at the same moment and reads the job again.
-    assert _client_of(app).delete(f"/jobs/{job_id}").json["status"] == "canceled"
-    for thread in threads:
-        thread.join(30)
-    assert answers == ["canceled"] * followers
-    # Unbounded, the pool opened about one connection a follower here.
-    assert len(connection.client_list()) - before <= limit + 1  # + the events connection
-
-
 def _client_of(app):
     from tests.conftest import bearer
 

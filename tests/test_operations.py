@@ -322,13 +322,6 @@ def test_an_orphan_timeout_a_heartbeat_cannot_beat_is_refused_at_start(monkeypat
         Settings.from_env()
 
 
-@pytest.mark.parametrize("value", ["4", "0", "-1", "many"])
-def test_a_connection_limit_a_worker_cannot_run_within_is_refused_at_start(monkeypatch, value):
-    monkeypatch.setenv("REDIS_MAX_CONNECTIONS", value)
-    with pytest.raises(SystemExit, match=r"REDIS_MAX_CONNECTIONS .*must be"):
-        Settings.from_env()
-
-
 def test_a_sweep_gives_back_what_a_dead_worker_had_taken(client, settings, connection):
     job_id = client.post("/jobs", json={"job": "demo.add", "args": [1, 2], "queue": "high"}).json["id"]
     worker = build_worker(settings)

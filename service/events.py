@@ -12,6 +12,7 @@ poll costs one SUBSCRIBE, not a TCP (or TLS) connection and its handshake.
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import os
 import threading
@@ -63,10 +64,12 @@ class Subscription:
         Raises the Redis error that broke the shared connection, if one did."""
         deadline = time.monotonic() + timeout
         while True:
-            if self._events:
-                return self._events.popleft()
-            if self._error is not None:
-                raise self._error
+            with self._hub._lock:  # the listener hands one event to every follower in one step
+                if self._events:
+                    return self._events.popleft()
+                error = self._error
+            if error is not None:
+                raise copy.copy(error)  # each its own: a raise adds the raiser's frames to it
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -116,6 +119,14 @@ class _Channel:
         self.subscribed = threading.Event()
 
 
+class _Attempt:
+    """A connection being opened; the followers that come meanwhile wait for its outcome."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class _Hub:
     """One pub/sub connection of a process, shared by every `Subscription` of a client.
 
@@ -138,6 +149,7 @@ class _Hub:
         self._timeout = pool.connection_kwargs.get("socket_timeout") or 5.0
         self._lock = threading.Lock()
         self._conn = None
+        self._connecting: _Attempt | None = None
         self._pid = os.getpid()
         self._channels: dict[bytes, _Channel] = {}
         # One entry a SUBSCRIBE sent and not yet confirmed, by channel, in the
@@ -148,26 +160,31 @@ class _Hub:
 
     def follow(self, follower: Subscription) -> None:
         channel = follower._channel
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the connection and listener are the parent's
-                self._pid, self._conn, self._channels, self._unconfirmed = os.getpid(), None, {}, {}
-            if self._conn is None:
-                self._connect()
-            entry = self._channels.get(channel)
-            if entry is None:
-                entry = self._channels[channel] = _Channel()
-                self._unconfirmed.setdefault(channel, collections.deque()).append(entry.subscribed)
-                try:
-                    self._conn.send_command("SUBSCRIBE", channel, check_health=False)
-                except BaseException as error:
-                    self._broken(error)
-                    raise
-            entry.followers.add(follower)
+        while True:
+            with self._lock:
+                if self._pid != os.getpid():  # forked: the connection and listener are the parent's
+                    self._pid, self._conn, self._connecting = os.getpid(), None, None
+                    self._channels, self._unconfirmed = {}, {}
+                if self._conn is not None:
+                    entry = self._subscribe(channel)
+                    entry.followers.add(follower)
+                    break
+                attempt, mine = self._connecting, self._connecting is None
+                if mine:
+                    attempt = self._connecting = _Attempt()
+            # Connecting takes up to REDIS_TIMEOUT when Redis does not answer: the
+            # followers that come meanwhile wait for this one attempt, not in turn.
+            if mine:
+                self._open(attempt)
+            else:
+                attempt.done.wait()
+            if attempt.error is not None:
+                raise copy.copy(attempt.error)
         if not entry.subscribed.wait(self._timeout):
             self.leave(follower)
             raise RedisTimeoutError(f"Redis did not confirm a subscription within {self._timeout} s")
         if follower._error is not None:
-            raise follower._error
+            raise copy.copy(follower._error)
 
     def leave(self, follower: Subscription) -> None:
         channel = follower._channel
@@ -188,13 +205,33 @@ class _Hub:
             except Exception as error:  # the listener finds the connection broken too
                 self._broken(error)
 
-    # -- with the lock held --------------------------------------------------------
-    def _connect(self) -> None:
+    def _open(self, attempt: "_Attempt") -> None:
+        """Open the connection and start its listener (without the lock: it waits on Redis)."""
         conn = self._connection_class(**self._connection_kwargs)
-        conn.connect()
-        self._conn = conn
-        self._idle_since = time.monotonic()
-        threading.Thread(target=self._listen, args=(conn,), name="job-events", daemon=True).start()
+        try:
+            conn.connect()
+        except BaseException as error:
+            attempt.error = error
+        with self._lock:
+            self._connecting = None
+            if attempt.error is None:
+                self._conn = conn
+                self._idle_since = time.monotonic()
+                threading.Thread(target=self._listen, args=(conn,), name="job-events", daemon=True).start()
+        attempt.done.set()
+
+    # -- with the lock held --------------------------------------------------------
+    def _subscribe(self, channel: bytes) -> _Channel:
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel()
+            self._unconfirmed.setdefault(channel, collections.deque()).append(entry.subscribed)
+            try:
+                self._conn.send_command("SUBSCRIBE", channel, check_health=False)
+            except BaseException as error:
+                self._broken(error)
+                raise
+        return entry
 
     def _broken(self, error: BaseException) -> None:
         """Tell every follower, forget every subscription, drop the connection."""
@@ -211,7 +248,7 @@ class _Hub:
     def _listen(self, conn) -> None:
         pong_due = None
         try:
-            while True:
+            while self._conn is conn:  # else dropped: a read now would connect it again
                 if not conn.can_read(timeout=PING_INTERVAL):
                     with self._lock:
                         if self._conn is not conn:
@@ -233,6 +270,9 @@ class _Hub:
                 if self._conn is conn:
                     self._broken(error if isinstance(error, (RedisConnectionError, RedisTimeoutError))
                                  else RedisConnectionError(f"the events connection broke: {error}"))
+        finally:
+            if self._conn is not conn:
+                conn.disconnect()  # a read after another thread dropped it may have opened it again
 
     def _dispatch(self, conn, reply) -> None:
         kind = reply[0]

@@ -52,3 +52,40 @@ def test_a_message_that_is_not_an_event_is_skipped(connection):
         _events.publish(connection, "job-1", "status", {"status": "finished"})
         assert subscription.next(timeout=5) == {"event": "status", "status": "finished"}
         assert json.dumps(subscription.next(timeout=0.05)) == "null"
+
+
+def test_followers_of_a_redis_that_never_answers_each_learn_it_within_its_timeout():
+    """A Redis that accepts connections and never answers (stopped, a network
+    black hole): the followers that come while one connect is failing share
+    its outcome, rather than connecting in turn, a timeout each."""
+    import socket
+    import threading
+    import time
+
+    import pytest
+    from redis.exceptions import RedisError
+
+    from service.connection import connect
+    from service.settings import Settings
+
+    timeout, followers = 0.5, 8
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel completes each connection; nothing ever reads or answers
+    client = connect(Settings(redis_url=f"redis://127.0.0.1:{hole.getsockname()[1]}/0", redis_timeout=timeout))
+    took: list[float] = []
+
+    def follow():
+        started = time.monotonic()
+        with pytest.raises(RedisError):
+            Subscription(client, "job-1")
+        took.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=follow) for _ in range(followers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(followers * timeout * 3)
+    hole.close()
+    assert len(took) == followers
+    assert max(took) < 3 * timeout, sorted(took)  # in turn, the last would wait `followers` timeouts

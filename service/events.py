@@ -69,7 +69,7 @@ class Subscription:
                     return self._events.popleft()
                 error = self._error
             if error is not None:
-                raise copy.copy(error)  # each its own: a raise adds the raiser's frames to it
+                raise _own_copy(error)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -104,11 +104,22 @@ class Subscription:
 
 
 def _drop_oldest_progress(events: collections.deque) -> None:
+    # None left means only status changes, a handful a job: nothing to drop.
     for index, event in enumerate(events):
         if event.get("event") == "progress":
             del events[index]
             return
-    events.popleft()
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """The error that broke the connection, for one follower to raise: each
+    its own, as a raise adds the raiser's frames to the exception."""
+    try:
+        mine = copy.copy(error)
+    except Exception:  # a class that cannot be built again from its args
+        mine = RedisConnectionError(str(error))
+    mine.__cause__ = error.__cause__
+    return mine
 
 
 class _Channel:
@@ -124,7 +135,7 @@ class _Attempt:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
 
 
 class _Hub:
@@ -165,6 +176,10 @@ class _Hub:
                 if self._pid != os.getpid():  # forked: the connection and listener are the parent's
                     self._pid, self._conn, self._connecting = os.getpid(), None, None
                     self._channels, self._unconfirmed = {}, {}
+                if self._conn is not None and _closed(self._conn):
+                    # Its read failed, and the listener has yet to say so: a send
+                    # would connect it again, under the lock and without its subscriptions.
+                    self._broken(RedisConnectionError("the events connection closed"))
                 if self._conn is not None:
                     entry = self._subscribe(channel)
                     entry.followers.add(follower)
@@ -176,15 +191,15 @@ class _Hub:
             # followers that come meanwhile wait for this one attempt, not in turn.
             if mine:
                 self._open(attempt)
-            else:
-                attempt.done.wait()
+            elif not attempt.done.wait(3 * self._timeout):  # a connect and its handshake, with room
+                raise RedisTimeoutError(f"Redis did not take a connection within {3 * self._timeout} s")
             if attempt.error is not None:
-                raise copy.copy(attempt.error)
+                raise _own_copy(attempt.error)
         if not entry.subscribed.wait(self._timeout):
             self.leave(follower)
             raise RedisTimeoutError(f"Redis did not confirm a subscription within {self._timeout} s")
         if follower._error is not None:
-            raise copy.copy(follower._error)
+            raise _own_copy(follower._error)
 
     def leave(self, follower: Subscription) -> None:
         channel = follower._channel
@@ -200,25 +215,42 @@ class _Hub:
                 self._idle_since = time.monotonic()
             if self._conn is None:
                 return
+            if _closed(self._conn):
+                self._broken(RedisConnectionError("the events connection closed"))
+                return
             try:
                 self._conn.send_command("UNSUBSCRIBE", channel, check_health=False)
             except Exception as error:  # the listener finds the connection broken too
                 self._broken(error)
 
     def _open(self, attempt: "_Attempt") -> None:
-        """Open the connection and start its listener (without the lock: it waits on Redis)."""
-        conn = self._connection_class(**self._connection_kwargs)
+        """Open the connection and start its listener (without the lock: it waits on Redis).
+
+        Whatever happens, the attempt ends: its waiters learn its error, or
+        (when this greenlet was itself interrupted) find no connection and try
+        again; the interruption goes on up this caller's stack alone."""
+        conn = None
         try:
+            conn = self._connection_class(**self._connection_kwargs)
             conn.connect()
-        except BaseException as error:
-            attempt.error = error
-        with self._lock:
-            self._connecting = None
-            if attempt.error is None:
+            listener = threading.Thread(target=self._listen, args=(conn,), name="job-events", daemon=True)
+            with self._lock:
                 self._conn = conn
                 self._idle_since = time.monotonic()
-                threading.Thread(target=self._listen, args=(conn,), name="job-events", daemon=True).start()
-        attempt.done.set()
+                try:
+                    listener.start()
+                except BaseException:
+                    self._conn = None
+                    raise
+            conn = None  # the listener's now
+        except Exception as error:
+            attempt.error = error
+        finally:
+            if conn is not None:
+                conn.disconnect()
+            with self._lock:
+                self._connecting = None
+            attempt.done.set()
 
     # -- with the lock held --------------------------------------------------------
     def _subscribe(self, channel: bytes) -> _Channel:
@@ -265,11 +297,13 @@ class _Hub:
                 reply = conn.read_response()
                 pong_due = None
                 self._dispatch(conn, reply)
-        except Exception as error:
+        except BaseException as error:  # a GreenletExit too: no connection may stay without its listener
             with self._lock:
                 if self._conn is conn:
                     self._broken(error if isinstance(error, (RedisConnectionError, RedisTimeoutError))
-                                 else RedisConnectionError(f"the events connection broke: {error}"))
+                                 else RedisConnectionError(f"the events connection broke: {error!r}"))
+            if not isinstance(error, Exception):
+                raise
         finally:
             if self._conn is not conn:
                 conn.disconnect()  # a read after another thread dropped it may have opened it again
@@ -295,6 +329,11 @@ class _Hub:
                     if not waiting:
                         del self._unconfirmed[reply[1]]
             # "unsubscribe" and "pong" need nothing more
+
+
+def _closed(conn) -> bool:
+    # redis-py drops the socket of a connection whose read or send failed.
+    return conn._sock is None
 
 
 _hubs: "weakref.WeakKeyDictionary[Redis, _Hub]" = weakref.WeakKeyDictionary()

@@ -89,3 +89,33 @@ def test_followers_of_a_redis_that_never_answers_each_learn_it_within_its_timeou
     hole.close()
     assert len(took) == followers
     assert max(took) < 3 * timeout, sorted(took)  # in turn, the last would wait `followers` timeouts
+
+
+def test_a_connect_that_fails_in_any_way_leaves_the_next_follower_free_to_connect(redis_url):
+    import threading
+
+    import pytest
+    from redis import Connection, Redis
+
+    failures = [RuntimeError("no file descriptor left")]
+
+    class FailingOnce(Connection):
+        def __init__(self, **kwargs):
+            if failures:
+                raise failures.pop()
+            super().__init__(**kwargs)
+
+    client = Redis.from_url(redis_url, connection_class=FailingOnce, socket_timeout=2)
+    with pytest.raises(RuntimeError, match="no file descriptor left"):
+        Subscription(client, "job-1")
+    received = []
+
+    def follow():
+        with Subscription(client, "job-1") as subscription:
+            _events.publish(client, "job-1", "status", {"status": "finished"})
+            received.append(subscription.next(timeout=5))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    follower.join(10)
+    assert received == [{"event": "status", "status": "finished"}]

@@ -55,10 +55,12 @@ def test_the_dashboard_serves_queue_data(procfile):
     assert "low" in {q["name"] for q in queues}
 
 
-def test_make_run_stopped_with_sigterm_stops_every_process_it_started(redis_url, tmp_path):
+@pytest.mark.parametrize("started_by", ["python", "make"])
+def test_make_run_stopped_with_sigterm_stops_every_process_it_started(redis_url, tmp_path, started_by):
     """`make run` (`python -m service.local`) stopped by `kill` or a process
     manager, not Ctrl-C: the Procfile's processes stop with it, rather than run
-    on without it and hold the port."""
+    on without it and hold the port. With `make`, the SIGTERM goes to make alone,
+    as `kill <its pid>` sends it."""
     import signal
     import sys
 
@@ -68,7 +70,8 @@ def test_make_run_stopped_with_sigterm_stops_every_process_it_started(redis_url,
 
     port = free_port()
     env = processes.process_env(redis_url, PORT=str(port))
-    with processes.running([sys.executable, "-m", "service.local"], env, tmp_path / "run.log") as run:
+    command = {"python": [sys.executable, "-m", "service.local"], "make": ["make", "-s", "run"]}[started_by]
+    with processes.running(command, env, tmp_path / "run.log") as run:
 
         def up():
             try:

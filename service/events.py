@@ -52,7 +52,11 @@ class Subscription:
 
     def __init__(self, connection: Redis, job_id: str):
         self._channel = _events.channel(job_id).encode()
-        self._events: collections.deque[dict[str, Any]] = collections.deque()
+        # Each with when it reached this process (`time.monotonic()`).
+        self._events: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
+        #: When the event `next` returned last reached this process: a read of
+        #: the job begun since then sees at least what the event tells.
+        self.received_at = 0.0
         self._arrived = threading.Event()
         self._error: BaseException | None = None
         self._hub = _hub(connection)
@@ -66,7 +70,8 @@ class Subscription:
         while True:
             with self._hub._lock:  # the listener hands one event to every follower in one step
                 if self._events:
-                    return self._events.popleft()
+                    self.received_at, event = self._events.popleft()
+                    return event
                 error = self._error
             if error is not None:
                 raise _own_copy(error)
@@ -92,10 +97,10 @@ class Subscription:
         self.close()
 
     # -- called by the hub, with its lock held ----------------------------------
-    def _deliver(self, event: dict[str, Any]) -> None:
+    def _deliver(self, event: dict[str, Any], at: float) -> None:
         if len(self._events) >= MAX_BACKLOG:
             _drop_oldest_progress(self._events)
-        self._events.append(event)
+        self._events.append((at, event))
         self._arrived.set()
 
     def _fail(self, error: BaseException) -> None:
@@ -105,7 +110,7 @@ class Subscription:
 
 def _drop_oldest_progress(events: collections.deque) -> None:
     # None left means only status changes, a handful a job: nothing to drop.
-    for index, event in enumerate(events):
+    for index, (_, event) in enumerate(events):
         if event.get("event") == "progress":
             del events[index]
             return
@@ -320,8 +325,9 @@ class _Hub:
                         event = json.loads(reply[2])
                     except ValueError:
                         return  # not one of ours (`_events.publish` writes JSON): nothing to relay
+                    at = time.monotonic()
                     for follower in entry.followers:
-                        follower._deliver(event)
+                        follower._deliver(event, at)
             elif kind == b"subscribe":
                 waiting = self._unconfirmed.get(reply[1])
                 if waiting:

@@ -167,6 +167,29 @@ def test_clients_following_many_jobs_at_once_share_one_redis_connection(app, con
              what="the followers' channels to be left")
 
 
+def test_followers_of_one_job_read_it_again_together_when_it_changes(app, connection):
+    followers = 40
+    job_id = post(_client_of(app), {"job": "demo.add", "args": [1, 2]})  # no worker runs: it stays queued
+    answers: list[str] = []
+
+    def follow():
+        answers.append(_client_of(app).get(f"/jobs/{job_id}?wait=30").json["status"])
+
+    threads = [threading.Thread(target=follow) for _ in range(followers)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: connection.pubsub_numsub(f"jobservice:events:{job_id}")[0][1] == 1,
+             what="the followers to subscribe")
+    before = connection.info("stats")["total_connections_received"]
+    # Canceled: every follower waiting wakes at the same moment to read the job again.
+    assert _client_of(app).delete(f"/jobs/{job_id}").json["status"] == "canceled"
+    for thread in threads:
+        thread.join(30)
+    assert answers == ["canceled"] * followers
+    # Each reading on its own took a connection each at once: 30 and more here.
+    assert connection.info("stats")["total_connections_received"] - before <= 5
+
+
 def _client_of(app):
     from tests.conftest import bearer
 

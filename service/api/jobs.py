@@ -20,6 +20,7 @@ from ..problems import problem
 from ..auth import requires
 from ..queues import ServiceJob, fetch_job
 from ..registry import InvalidArguments, UnknownJob
+from ..shared_reads import SharedReads
 from . import service, services
 from .schemas import CancelOut, JobOut, JobPage, JobTypes, Progress
 
@@ -149,7 +150,7 @@ def get_job(job_id: str, query: WaitQuery):
             if event is None:
                 break
             if event.get("event") == "status":
-                view = _after(view, event)
+                view = _after(view, event, subscription.received_at)
                 if view is None:
                     raise _no_job(job_id)
         return _answer(JobOut, view)
@@ -183,7 +184,7 @@ def job_events(job_id: str):
                 elif event.get("event") == "progress":
                     yield _sse("progress", Progress, event["progress"])
                 elif event.get("event") == "status":
-                    view = _after(view, event)
+                    view = _after(view, event, subscription.received_at)
                     if view is None:
                         return
                     yield _sse("status", JobOut, view)
@@ -249,14 +250,22 @@ def _json(schema: type[BaseModel], view: dict) -> str:
         return json.dumps(answer.model_dump(mode="json", by_alias=True))
 
 
-def _after(view: dict, event: dict) -> dict | None:
-    """The job as it is after a status event; None if its record is gone for another reason.
+#: The followers of a job read it again together after a status event.
+_views_after_events = SharedReads()
+
+
+def _after(view: dict, event: dict, received_at: float) -> dict | None:
+    """The job as it is after a status event that reached this process at
+    `received_at`; None if its record is gone for another reason.
 
     A job that keeps no result (`result_ttl: 0`) is deleted as it ends, so its
     last state is the one the event tells, over the last one seen.
     """
+    connection, registry = service("redis"), service("registry")
     try:
-        return describe(fetch_job(view["id"], service("redis")), service("registry"))
+        return _views_after_events.read(
+            (connection, view["id"]), lambda: describe(fetch_job(view["id"], connection), registry), received_at
+        )
     except NoSuchJobError:
         status = event.get("status")
         return {**view, "status": status, "position": None} if status in TERMINAL else None

@@ -793,3 +793,35 @@ def test_a_long_poll_whose_redis_goes_away_gets_a_503_and_following_works_once_i
             follower.join(40)
         assert [status for status, _ in answers] == [200]
         assert session.get(f"{base}/jobs/{job_id}", timeout=10).json()["result"] == 7
+
+
+def test_hundreds_of_clients_reading_at_the_same_moment_are_all_answered(own_redis, tmp_path):
+    """redis-py's pool refuses a 101st connection at once ("Too many connections"):
+    a gevent web process that many clients reach at the same moment must make
+    the extra ones wait for a connection, not answer them 503."""
+    import collections
+    import http.client
+
+    clients = 400
+    statuses: collections.Counter = collections.Counter()
+    with chaos.web(own_redis.url, tmp_path / "web.log") as base:
+        session = processes.session()
+        job_id = session.post(f"{base}/jobs", json={"job": "demo.add", "args": [1, 2]}, timeout=10).json()["id"]
+        host = base.removeprefix("http://")
+        everyone_connected = threading.Barrier(clients + 1)
+
+        def read():
+            connection = http.client.HTTPConnection(host, timeout=60)
+            connection.connect()
+            everyone_connected.wait(60)
+            connection.request("GET", f"/jobs/{job_id}", headers=dict(session.headers))
+            statuses[connection.getresponse().status] += 1
+            connection.close()
+
+        threads = [threading.Thread(target=read) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        everyone_connected.wait(60)
+        for thread in threads:
+            thread.join(60)
+    assert statuses == {200: clients}

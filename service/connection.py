@@ -32,7 +32,10 @@ def connect(settings: Settings) -> Redis:
     at once ("Too many connections"): 300 clients of one gevent web process
     reading at the same moment got 201 503s. This pool makes the one more wait
     for a connection to come free, for up to `REDIS_TIMEOUT` (a command takes
-    well under a millisecond); only then is it a 503.
+    well under a millisecond); only then is it a 503 (so a 503 may take that
+    wait and a connect's timeout: about twice `REDIS_TIMEOUT`). Waiters are not
+    served in order: under a sustained overload, rather than a burst, some
+    wait the whole time and get their 503.
     """
     options: dict = {
         "health_check_interval": 30,

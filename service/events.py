@@ -12,7 +12,6 @@ poll costs one SUBSCRIBE, not a TCP (or TLS) connection and its handshake.
 from __future__ import annotations
 
 import collections
-import copy
 import json
 import os
 import threading
@@ -25,6 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs import _events
+
+from .shared_reads import own_copy
 
 #: Statuses after which a job changes no more (unless someone retries it).
 TERMINAL = frozenset({"finished", "failed", "canceled", "stopped"})
@@ -74,7 +75,7 @@ class Subscription:
                     return event
                 error = self._error
             if error is not None:
-                raise _own_copy(error)
+                raise own_copy(error)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -114,17 +115,6 @@ def _drop_oldest_progress(events: collections.deque) -> None:
         if event.get("event") == "progress":
             del events[index]
             return
-
-
-def _own_copy(error: BaseException) -> BaseException:
-    """The error that broke the connection, for one follower to raise: each
-    its own, as a raise adds the raiser's frames to the exception."""
-    try:
-        mine = copy.copy(error)
-    except Exception:  # a class that cannot be built again from its args
-        mine = RedisConnectionError(str(error))
-    mine.__cause__ = error.__cause__
-    return mine
 
 
 class _Channel:
@@ -199,12 +189,12 @@ class _Hub:
             elif not attempt.done.wait(3 * self._timeout):  # a connect and its handshake, with room
                 raise RedisTimeoutError(f"Redis did not take a connection within {3 * self._timeout} s")
             if attempt.error is not None:
-                raise _own_copy(attempt.error)
+                raise own_copy(attempt.error)
         if not entry.subscribed.wait(self._timeout):
             self.leave(follower)
             raise RedisTimeoutError(f"Redis did not confirm a subscription within {self._timeout} s")
         if follower._error is not None:
-            raise _own_copy(follower._error)
+            raise own_copy(follower._error)
 
     def leave(self, follower: Subscription) -> None:
         channel = follower._channel

@@ -77,3 +77,28 @@ def test_a_failed_read_fails_each_caller_with_an_error_of_its_own_and_the_next_r
     assert reads.read("job-1", lambda: "found", since=clock.now) == "found"
     with pytest.raises(ZeroDivisionError):
         reads.read("job-1", lambda: 1 / 0, since=clock.now)
+
+
+def test_a_reader_killed_under_gevent_leaves_those_sharing_its_read_to_read_for_themselves():
+    """gunicorn's gevent workers: a greenlet killed mid-read (GreenletExit) has no
+    outcome to share; the callers waiting on it must not take "nothing" for one."""
+    import subprocess
+    import sys
+
+    script = """
+from gevent import monkey; monkey.patch_all()
+import gevent, gevent.event
+from service.shared_reads import SharedReads
+reads, gate = SharedReads(), gevent.event.Event()
+def held(): gate.wait(); return "never"
+reader = gevent.spawn(reads.read, "job-1", held, -1.0)
+gevent.sleep(0)  # a yield: the reader is now in flight, at the gate
+sharer = gevent.spawn(reads.read, "job-1", lambda: "read again", -1.0)
+gevent.sleep(0)  # the sharer now waits for the reader's outcome
+reader.kill()
+print(repr(sharer.get(timeout=10)))
+"""
+    from tests.processes import ROOT
+
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "'read again'", done.stderr[-2000:]

@@ -264,7 +264,8 @@ def _after(view: dict, event: dict, received_at: float) -> dict | None:
     connection, registry = service("redis"), service("registry")
     try:
         return _views_after_events.read(
-            (connection, view["id"]), lambda: describe(fetch_job(view["id"], connection), registry), received_at
+            (connection, registry, view["id"]), lambda: describe(fetch_job(view["id"], connection), registry),
+            received_at,
         )
     except NoSuchJobError:
         status = event.get("status")

@@ -26,19 +26,9 @@ import struct
 
 from redis.exceptions import RedisError
 
-from . import logs
+from . import libc, logs
 
 log = logging.getLogger("service.worker")
-
-#: The C library's functions, from the symbols this process has loaded already
-#: (`ctypes.util.find_library` would run `ldconfig` at every executor start).
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:
-    _LIBC = None
-_PUTENV = getattr(_LIBC, "putenv", None)
-if _PUTENV is not None:
-    _PUTENV.argtypes, _PUTENV.restype = [ctypes.c_char_p], ctypes.c_int
 
 #: The executor's exit statuses (anything else, or a signal, is a crash).
 EXIT_DONE = 0  # stopped, or (burst) the queues are empty
@@ -116,15 +106,8 @@ def die_with_parent(parent: int) -> None:
     gives the supervisor's jobs to other workers once its heartbeat stops. Nor
     must RQ's scheduler process, which would go on holding the scheduler locks.
     """
-    try:
-        PR_SET_PDEATHSIG = 1
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the executor checks its parent between jobs
-        pass
-    # The kernel sends nothing for a parent that died before the call: one killed
-    # between the fork and here has left this process to another parent already.
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
+    # Not Linux: the executor checks its parent between jobs.
+    libc.signal_when_parent_dies(signal.SIGKILL, parent)
 
 
 class JobEnvironment:
@@ -152,13 +135,13 @@ class JobEnvironment:
 
     def set(self, job_id: str) -> None:
         value = os.environ.encodevalue(job_id)
-        if _PUTENV is None or len(value) > self.LONGEST:
+        if libc.PUTENV is None or len(value) > self.LONGEST:
             os.environ[self.NAME] = job_id
             return
         self._buffer.value = self._prefix + value
         # Again for every job, in case other code set the variable since (its
         # own copy then took the buffer's place): the same pointer costs nothing.
-        _PUTENV(self._buffer)
+        libc.PUTENV(self._buffer)
         os.environ._data[self._key] = value
 
 

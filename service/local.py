@@ -6,7 +6,6 @@ or to the `make` that started it, stops them all, Redis last.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import signal
@@ -14,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import libc
 from .embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,11 @@ def main() -> int:
     # A SIGTERM (`kill`, a process manager) is taken as Ctrl-C: without it, this
     # process alone would end, and Redis and the Procfile's processes run on.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    _sigterm_when_parent_dies()
+    # `kill <pid of make>` ends make alone: make passes a SIGTERM on to its
+    # children only through their process group, which a `kill` of one pid does
+    # not reach. So the kernel sends this process one when make goes (Linux;
+    # elsewhere, signal this process or the group).
+    libc.signal_when_parent_dies(signal.SIGTERM, os.getppid())
     env = dict(os.environ)
     port = env.setdefault("PORT", "5000")
     # On a laptop the API is for this machine only.
@@ -59,21 +63,6 @@ def main() -> int:
         if redis is not None:
             redis.stop()
             print("Embedded Redis stopped.", flush=True)
-
-
-def _sigterm_when_parent_dies() -> None:
-    """`kill <pid of make>` ends make alone: make passes a SIGTERM on to its
-    children only through their process group, which a `kill` of one pid does
-    not reach. The kernel sends this process a SIGTERM when its parent goes
-    instead (Linux; elsewhere, signal this process or the group)."""
-    parent = os.getppid()
-    try:
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # gone before the call: the kernel will send nothing
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -171,11 +171,7 @@ class _Hub:
                 if self._pid != os.getpid():  # forked: the connection and listener are the parent's
                     self._pid, self._conn, self._connecting = os.getpid(), None, None
                     self._channels, self._unconfirmed = {}, {}
-                if self._conn is not None and _closed(self._conn):
-                    # Its read failed, and the listener has yet to say so: a send
-                    # would connect it again, under the lock and without its subscriptions.
-                    self._broken(RedisConnectionError("the events connection closed"))
-                if self._conn is not None:
+                if self._live_conn() is not None:
                     entry = self._subscribe(channel)
                     entry.followers.add(follower)
                     break
@@ -208,13 +204,11 @@ class _Hub:
             del self._channels[channel]
             if not self._channels:
                 self._idle_since = time.monotonic()
-            if self._conn is None:
-                return
-            if _closed(self._conn):
-                self._broken(RedisConnectionError("the events connection closed"))
+            conn = self._live_conn()
+            if conn is None:
                 return
             try:
-                self._conn.send_command("UNSUBSCRIBE", channel, check_health=False)
+                conn.send_command("UNSUBSCRIBE", channel, check_health=False)
             except Exception as error:  # the listener finds the connection broken too
                 self._broken(error)
 
@@ -248,6 +242,14 @@ class _Hub:
             attempt.done.set()
 
     # -- with the lock held --------------------------------------------------------
+    def _live_conn(self):
+        """The connection, unless there is none or its read failed and the
+        listener has yet to say so (then dropped here): a send on it would
+        connect it again, under the lock and without its subscriptions."""
+        if self._conn is not None and self._conn._sock is None:  # redis-py drops a failed one's socket
+            self._broken(RedisConnectionError("the events connection closed"))
+        return self._conn
+
     def _subscribe(self, channel: bytes) -> _Channel:
         entry = self._channels.get(channel)
         if entry is None:
@@ -325,11 +327,6 @@ class _Hub:
                     if not waiting:
                         del self._unconfirmed[reply[1]]
             # "unsubscribe" and "pong" need nothing more
-
-
-def _closed(conn) -> bool:
-    # redis-py drops the socket of a connection whose read or send failed.
-    return conn._sock is None
 
 
 _hubs: "weakref.WeakKeyDictionary[Redis, _Hub]" = weakref.WeakKeyDictionary()

@@ -59,12 +59,17 @@ def app(settings, connection):
     return create_app(settings, connection=connection)
 
 
-@pytest.fixture
-def client(app):
-    """A test client that sends the all-scopes token with every request."""
+def authorized_client(app):
+    """A test client of `app` that sends the all-scopes token with every request."""
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = bearer()["Authorization"]
     return client
+
+
+@pytest.fixture
+def client(app):
+    """A test client that sends the all-scopes token with every request."""
+    return authorized_client(app)
 
 
 @pytest.fixture

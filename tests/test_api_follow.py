@@ -2,7 +2,7 @@
 import json
 import threading
 
-from tests.conftest import wait_for
+from tests.conftest import authorized_client, wait_for
 
 
 def post(client, body):
@@ -144,11 +144,11 @@ def test_long_polls_one_after_another_open_no_redis_connection_each(client, conn
 
 def test_clients_following_many_jobs_at_once_share_one_redis_connection(app, connection, work):
     followers = 12
-    ids = [post(_client_of(app), {"job": "demo.add", "args": [i, 1]}) for i in range(followers)]
+    ids = [post(authorized_client(app), {"job": "demo.add", "args": [i, 1]}) for i in range(followers)]
     answers: dict[str, dict] = {}
 
     def follow(job_id):
-        answers[job_id] = _client_of(app).get(f"/jobs/{job_id}?wait=30").json
+        answers[job_id] = authorized_client(app).get(f"/jobs/{job_id}?wait=30").json
 
     threads = [threading.Thread(target=follow, args=(job_id,)) for job_id in ids]
     for thread in threads:
@@ -169,11 +169,11 @@ def test_clients_following_many_jobs_at_once_share_one_redis_connection(app, con
 
 def test_followers_of_one_job_read_it_again_together_when_it_changes(app, connection):
     followers = 40
-    job_id = post(_client_of(app), {"job": "demo.add", "args": [1, 2]})  # no worker runs: it stays queued
+    job_id = post(authorized_client(app), {"job": "demo.add", "args": [1, 2]})  # no worker runs: it stays queued
     answers: list[str] = []
 
     def follow():
-        answers.append(_client_of(app).get(f"/jobs/{job_id}?wait=30").json["status"])
+        answers.append(authorized_client(app).get(f"/jobs/{job_id}?wait=30").json["status"])
 
     threads = [threading.Thread(target=follow) for _ in range(followers)]
     for thread in threads:
@@ -182,17 +182,9 @@ def test_followers_of_one_job_read_it_again_together_when_it_changes(app, connec
              what="the followers to subscribe")
     before = connection.info("stats")["total_connections_received"]
     # Canceled: every follower waiting wakes at the same moment to read the job again.
-    assert _client_of(app).delete(f"/jobs/{job_id}").json["status"] == "canceled"
+    assert authorized_client(app).delete(f"/jobs/{job_id}").json["status"] == "canceled"
     for thread in threads:
         thread.join(30)
     assert answers == ["canceled"] * followers
     # Each reading on its own took a connection each at once: 30 and more here.
     assert connection.info("stats")["total_connections_received"] - before <= 5
-
-
-def _client_of(app):
-    from tests.conftest import bearer
-
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = bearer()["Authorization"]
-    return client
